@@ -1,0 +1,343 @@
+"""Seeded synthetic NIRSpec-like IFU cubes with known injected artifacts.
+
+Shared by the demo, the tests and the benchmarks. A cube is built as
+
+``sci = model + noise + artifacts``
+
+where ``model`` is the noise-free sky+target signal, ``noise`` is Gaussian with the
+per-voxel ERR (which rises towards the edge of a rotated field of view, as fewer
+dithers cover it), and ``artifacts`` are cosmic-ray-like residuals spanning 1-3
+planes and 1-4 spaxels whose positions and amplitudes are recorded.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.io import fits
+
+from .io.cube import DO_NOT_USE, NON_SCIENCE
+from .lines import C_KMS, LINES
+
+__all__ = ["Artifact", "SyntheticCube", "make_cube", "KINDS", "score_flags"]
+
+KINDS = ("arc", "compact", "faint", "continuum", "ringing")
+
+# Relative strengths of the lines in the emission-line kinds.
+_LINE_RATIOS = {"[O III]5008": 1.0, "[O III]4960": 0.335, "Hb": 0.3, "Ha": 0.9,
+                "[N II]6585": 0.25, "[N II]6550": 0.085}
+
+
+@dataclass
+class Artifact:
+    """One injected artifact: the voxels it touches and what was added to them."""
+
+    planes: np.ndarray
+    ys: np.ndarray
+    xs: np.ndarray
+    values: np.ndarray
+    peak_sigma: float
+    on_line: bool = False
+
+    @property
+    def voxels(self):
+        return self.planes, self.ys, self.xs
+
+
+@dataclass
+class SyntheticCube:
+    """A synthetic cube with everything known about it.
+
+    Attributes
+    ----------
+    sci, err : ndarray (float32), shape (nw, ny, nx)
+        The cube with artifacts, and its 1-sigma uncertainty (NaN outside the field).
+    clean : ndarray (float32)
+        The same cube without artifacts (same noise realisation).
+    model : ndarray (float32)
+        The noise-free signal.
+    dq, wmap : ndarray
+        DQ flags (DO_NOT_USE | NON_SCIENCE outside the field) and weight map.
+    wavelength : ndarray
+        Microns, linear.
+    footprint : ndarray of bool, shape (ny, nx)
+        Spaxels inside the rotated field of view.
+    artifacts : list of Artifact
+    z : float
+    line : str
+        The brightest line (for the S/N map), None for continuum-only kinds.
+    kind : str
+    """
+
+    sci: np.ndarray
+    err: np.ndarray
+    clean: np.ndarray
+    model: np.ndarray
+    dq: np.ndarray
+    wmap: np.ndarray
+    wavelength: np.ndarray
+    footprint: np.ndarray
+    artifacts: list = field(default_factory=list)
+    z: float = 0.0
+    line: str | None = None
+    kind: str = "arc"
+
+    @property
+    def artifact_mask(self):
+        """Boolean cube, True on every voxel an artifact touched."""
+        mask = np.zeros(self.sci.shape, dtype=bool)
+        for art in self.artifacts:
+            mask[art.voxels] = True
+        return mask
+
+    def hdulist(self):
+        """The cube as a JWST level-3 ``s3d`` file (PRIMARY, SCI, ERR, DQ, WMAP)."""
+        nw, ny, nx = self.sci.shape
+        primary = fits.PrimaryHDU()
+        ph = primary.header
+        ph["TELESCOP"] = "JWST"
+        ph["INSTRUME"] = "NIRSPEC"
+        ph["EXP_TYPE"] = "NRS_IFU"
+        ph["GRATING"] = "G140H"
+        ph["FILTER"] = "F100LP"
+        ph["TARGNAME"] = f"LAYERCLIP-SIM-{self.kind.upper()}"
+        ph["DATAMODL"] = "IFUCubeModel"
+        ph["FILETYPE"] = "SIMULATED"
+        ph["COMMENT"] = "Synthetic cube made by layerclip.simulate; not an observation."
+        wcs = fits.Header()
+        wcs["WCSAXES"] = 3
+        wcs["CTYPE1"], wcs["CTYPE2"], wcs["CTYPE3"] = "RA---TAN", "DEC--TAN", "WAVE"
+        wcs["CUNIT1"], wcs["CUNIT2"], wcs["CUNIT3"] = "deg", "deg", "um"
+        wcs["CRPIX1"], wcs["CRPIX2"], wcs["CRPIX3"] = (nx + 1) / 2, (ny + 1) / 2, 1.0
+        wcs["CRVAL1"], wcs["CRVAL2"] = 260.9, 34.2
+        wcs["CRVAL3"] = float(self.wavelength[0])
+        wcs["CDELT1"], wcs["CDELT2"] = -0.1 / 3600, 0.1 / 3600
+        wcs["CDELT3"] = float(self.wavelength[1] - self.wavelength[0])
+        wcs["RADESYS"] = "ICRS"
+        wcs["SPECSYS"] = "BARYCENT"
+        sci_h = wcs.copy()
+        sci_h["BUNIT"] = "MJy/sr"
+        sci_h["PIXAR_SR"] = ((0.1 / 206264.806) ** 2, "nominal pixel area in sr")
+        err_h = wcs.copy()
+        err_h["BUNIT"] = "MJy/sr"
+        return fits.HDUList([
+            primary,
+            fits.ImageHDU(self.sci, sci_h, name="SCI"),
+            fits.ImageHDU(self.err, err_h, name="ERR"),
+            fits.ImageHDU(self.dq, wcs.copy(), name="DQ"),
+            fits.ImageHDU(self.wmap, wcs.copy(), name="WMAP"),
+        ])
+
+    def writeto(self, path, *, overwrite=False):
+        """Write the cube as a JWST-layout FITS file."""
+        self.hdulist().writeto(path, overwrite=overwrite)
+        return path
+
+
+def _footprint(ny, nx, size, angle_deg):
+    """Rotated square field of view, and each spaxel's distance to its edge (spaxels)."""
+    y, x = np.mgrid[0:ny, 0:nx]
+    yc, xc = (ny - 1) / 2, (nx - 1) / 2
+    a = np.deg2rad(angle_deg)
+    u = (x - xc) * np.cos(a) + (y - yc) * np.sin(a)
+    v = -(x - xc) * np.sin(a) + (y - yc) * np.cos(a)
+    half = size / 2
+    inside = (np.abs(u) <= half) & (np.abs(v) <= half)
+    dist = np.minimum(half - np.abs(u), half - np.abs(v))
+    return inside, np.clip(dist, 0, None)
+
+
+def _target_profile(kind, ny, nx, footprint, rng):
+    """Surface-brightness map (peak 1) and velocity map (km/s) of the target."""
+    y, x = np.mgrid[0:ny, 0:nx].astype(float)
+    yc, xc = (ny - 1) / 2, (nx - 1) / 2
+    if kind == "arc":
+        # A lensed arc: a ridge along a circle centred off the field, crossing its edge.
+        cy, cx = yc - 22.0, xc - 10.0
+        r = np.hypot(y - cy, x - cx)
+        theta = np.arctan2(y - cy, x - cx)
+        along = np.exp(-0.5 * ((theta - 1.2) / 0.45) ** 2) + 0.35
+        profile = along * np.exp(-0.5 * ((r - 27.0) / 2.2) ** 2)
+        knots = np.exp(-0.5 * (((y - yc - 3) ** 2 + (x - xc + 2) ** 2) / 1.5**2))
+        profile = profile + 1.5 * knots
+        velocity = 160.0 * np.tanh((theta - 1.2) / 0.4)
+    elif kind == "compact":
+        r2 = (y - yc - 1.3) ** 2 + (x - xc + 0.7) ** 2
+        profile = np.exp(-0.5 * r2 / 1.1**2) + 0.04 * np.exp(-np.sqrt(r2) / 3.0)
+        velocity = 90.0 * np.tanh((x - xc) / 2.5)
+    elif kind in ("faint", "continuum"):
+        r = np.hypot((y - yc) / 1.3, x - xc + 1.5)
+        profile = np.exp(-r / 5.0)
+        velocity = 60.0 * np.tanh((y - yc) / 5.0)
+    elif kind == "ringing":
+        r2 = (y - yc - 0.35) ** 2 + (x - xc + 0.2) ** 2
+        profile = np.exp(-0.5 * r2 / 0.8**2) + 0.02 * np.exp(-np.sqrt(r2) / 2.0)
+        velocity = np.zeros_like(x)
+    else:
+        raise ValueError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
+    profile = np.where(footprint, profile / profile[footprint].max(), 0.0)
+    return profile, velocity
+
+
+def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
+              peak_snr=None, on_line_fraction=0.2, negative_fraction=0.15,
+              wave_range=(1.095, 1.555), z=1.3293, fov_size=30, fov_angle=28.0,
+              noise=0.5, edge_noise=2.0, line_sigma_kms=75.0, amp_range=(3.0, 3000.0)):
+    """Build a seeded synthetic NIRSpec-like cube with injected artifacts.
+
+    Parameters
+    ----------
+    kind : {"arc", "compact", "faint", "continuum", "ringing"}
+        Target: an extended lensed arc reaching the field edge; a compact bright
+        core; a faint diffuse target; a continuum-only target; an undersampled point
+        source whose spaxel spectra show resampling "ringing".
+    shape : tuple of int
+        (planes, y, x).
+    seed : int
+        Seed of everything random.
+    n_artifacts : int
+        Number of artifacts injected.
+    peak_snr : float, optional
+        Per-plane S/N of the brightest voxel of the target (kind-dependent default).
+    on_line_fraction : float
+        Fraction of artifacts placed on the brightest line's peak planes inside the
+        target (0 for continuum kinds).
+    negative_fraction : float
+        Fraction of artifacts with negative amplitude.
+    wave_range : tuple of float
+        First and last wavelength, microns.
+    z : float
+        Redshift of the line-emitting kinds.
+    fov_size, fov_angle : float
+        Side (spaxels) and rotation (degrees) of the square field of view.
+    noise : float
+        ERR at the centre of the field (MJy/sr).
+    edge_noise : float
+        ERR at the field edge is ``1 + edge_noise`` times the centre's.
+    line_sigma_kms : float
+        Line velocity dispersion (intrinsic and instrumental together).
+    amp_range : tuple of float
+        Artifact peak amplitudes are log-uniform in this range, in units of the
+        voxel's ERR.
+
+    Returns
+    -------
+    SyntheticCube
+    """
+    rng = np.random.default_rng(seed)
+    nw, ny, nx = shape
+    wave = np.linspace(wave_range[0], wave_range[1], nw)
+    footprint, dist = _footprint(ny, nx, fov_size, fov_angle)
+    edge = 1.0 + edge_noise * np.exp(-dist / 1.5)
+    wmid, wspan = wave.mean(), np.ptp(wave)
+    spectral_noise = 1.0 + 0.3 * ((wave - wmid) / (wspan / 2)) ** 2
+    err = noise * spectral_noise[:, None, None] * edge[None]
+
+    profile, velocity = _target_profile(kind, ny, nx, footprint, rng)
+    default_snr = {"arc": 150.0, "compact": 1500.0, "faint": 4.0, "continuum": 4.0,
+                   "ringing": 60.0}
+    peak = (default_snr[kind] if peak_snr is None else peak_snr) * noise
+    model = np.zeros(shape)
+    line = None
+    if kind in ("arc", "compact", "faint"):
+        line = "[O III]5008"
+        vel = velocity[None]
+        for name, ratio in _LINE_RATIOS.items():
+            centre = LINES[name] * (1 + z) * 1e-4
+            if not (wave[0] <= centre <= wave[-1]):
+                continue
+            lam = centre * (1 + vel / C_KMS)
+            sig = centre * line_sigma_kms / C_KMS
+            model += ratio * peak * profile[None] * np.exp(
+                -0.5 * ((wave[:, None, None] - lam) / sig) ** 2)
+        model += 0.01 * peak * profile[None] * (wave[:, None, None] / wmid)
+    elif kind == "continuum":
+        slope = (wave / wmid) ** -1.5
+        model += peak * profile[None] * slope[:, None, None]
+    else:  # ringing: undersampled PSF resampled onto the cube grid beats along wavelength
+        y, x = np.mgrid[0:ny, 0:nx]
+        phase = 2 * np.pi * (0.37 * y + 0.61 * x)
+        period = 14.0 + 6.0 * (wave - wave[0]) / wspan  # planes
+        cycles = np.cumsum(1.0 / period)
+        ring = 1 + 0.25 * np.sin(2 * np.pi * cycles[:, None, None] + phase[None])
+        model += peak * profile[None] * ring * (wave[:, None, None] / wmid) ** -1
+    model[:, ~footprint] = np.nan
+    err[:, ~footprint] = np.nan
+
+    clean = model + rng.normal(size=shape) * err
+    artifacts_cube = np.zeros(shape)
+    artifacts = []
+    n_on_line = int(round(n_artifacts * on_line_fraction)) if line is not None else 0
+    inside = np.argwhere(footprint)
+    bright = np.argwhere(profile >= 0.5 * profile.max())
+    line_planes = None
+    if line is not None:
+        centre = LINES[line] * (1 + z) * 1e-4
+        line_planes = np.flatnonzero(np.abs(wave - centre) <= centre * 150 / C_KMS)
+    neighbours = np.array([(0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (-1, 1)])
+    for i in range(n_artifacts):
+        on_line = i < n_on_line and line_planes is not None and line_planes.size > 0
+        if on_line:
+            y0, x0 = bright[rng.integers(len(bright))]
+            k0 = int(rng.choice(line_planes))
+        else:
+            y0, x0 = inside[rng.integers(len(inside))]
+            k0 = int(rng.integers(1, nw - 3))
+        n_planes = int(rng.integers(1, 4))
+        n_spax = int(rng.integers(1, 5))
+        plane_weights = {1: [1.0], 2: [1.0, 0.45], 3: [0.4, 1.0, 0.35]}[n_planes]
+        spax = [(y0, x0)]
+        for dy, dx in rng.permutation(neighbours)[: n_spax - 1]:
+            yy, xx = y0 + dy, x0 + dx
+            if 0 <= yy < ny and 0 <= xx < nx and footprint[yy, xx]:
+                spax.append((yy, xx))
+        spax_weights = [1.0] + list(rng.uniform(0.2, 0.6, len(spax) - 1))
+        amp = float(np.exp(rng.uniform(np.log(amp_range[0]), np.log(amp_range[1]))))
+        sign = -1.0 if rng.random() < negative_fraction else 1.0
+        ks, ys, xs, vals = [], [], [], []
+        for j, pw in enumerate(plane_weights):
+            k = min(k0 + j, nw - 1)
+            for (yy, xx), sw in zip(spax, spax_weights, strict=True):
+                ks.append(k)
+                ys.append(yy)
+                xs.append(xx)
+                vals.append(sign * amp * pw * sw * err[k, yy, xx])
+        art = Artifact(np.array(ks), np.array(ys), np.array(xs), np.array(vals),
+                       peak_sigma=sign * amp, on_line=on_line)
+        np.add.at(artifacts_cube, art.voxels, art.values)
+        artifacts.append(art)
+
+    dq = np.zeros(shape, dtype=np.uint32)
+    dq[:, ~footprint] = DO_NOT_USE | NON_SCIENCE
+    wmap = np.broadcast_to(np.where(footprint, 1.0 / edge**2, 0.0), shape)
+    sci = (clean + artifacts_cube).astype(np.float32)
+    return SyntheticCube(
+        sci=sci, err=err.astype(np.float32), clean=clean.astype(np.float32),
+        model=model.astype(np.float32), dq=dq, wmap=wmap.astype(np.float32),
+        wavelength=wave, footprint=footprint, artifacts=artifacts, z=z, line=line,
+        kind=kind,
+    )
+
+
+def score_flags(cube, flags, *, strong=10.0):
+    """How many injected artifacts a flag cube caught, and how many clean voxels it flagged.
+
+    An artifact counts as caught when its peak voxel is flagged; it is "strong"
+    when its peak exceeds ``strong`` times the voxel's ERR.
+
+    Returns
+    -------
+    dict
+        ``n_artifacts``, ``caught``, ``n_strong``, ``strong_caught``,
+        ``false_flags`` (flagged voxels no artifact touched).
+    """
+    caught = strong_caught = n_strong = 0
+    for art in cube.artifacts:
+        i = int(np.argmax(np.abs(art.values)))
+        hit = bool(flags[art.planes[i], art.ys[i], art.xs[i]])
+        caught += hit
+        if abs(art.peak_sigma) > strong:
+            n_strong += 1
+            strong_caught += hit
+    false_flags = int((flags & ~cube.artifact_mask).sum())
+    return {"n_artifacts": len(cube.artifacts), "caught": caught, "n_strong": n_strong,
+            "strong_caught": strong_caught, "false_flags": false_flags}
