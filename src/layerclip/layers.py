@@ -60,7 +60,7 @@ def validate_layer_map(layer_map, shape=None, *, source="layer map"):
 
 
 def max_single_outlier_sigma(n):
-    """Largest distance, in population standard deviations, one outlier among ``n`` values can reach.
+    """Largest distance, in population std, that one outlier among ``n`` values can reach.
 
     With all other values equal, the outlier sits ``n / sqrt(n - 1)`` standard
     deviations from the median. A std-scaled clip at ``sigma`` can therefore
