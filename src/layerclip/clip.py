@@ -9,7 +9,7 @@ from .errors import CubeFormatError, OptionError
 from .layers import EXCLUDED, validate_layer_map
 from .paper import clip_block_paper
 
-__all__ = ["ClipResult", "clip_cube", "METHODS"]
+__all__ = ["ClipResult", "clip_cube", "halo_planes", "METHODS"]
 
 METHODS = ("paper",)
 
@@ -53,6 +53,19 @@ class ClipResult:
     @property
     def n_flagged(self):
         return int(self.flags.sum())
+
+
+def halo_planes(method="paper", **params):
+    """Planes on each side a block needs so that block-wise clipping equals whole-cube clipping.
+
+    The result of a method for one plane may depend only on planes within this
+    distance; out-of-core processing reads blocks of planes with this many extra
+    planes on each side and keeps only the block's own planes. Paper mode works on
+    each plane alone, so its halo is 0.
+    """
+    if method == "paper":
+        return 0
+    raise OptionError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
 
 
 def _as_float_cube(array, name):
