@@ -8,10 +8,17 @@ import numpy as np
 from .errors import CubeFormatError, OptionError
 from .layers import EXCLUDED, validate_layer_map
 from .paper import clip_block_paper
+from .robust import DEFAULTS as ROBUST_DEFAULTS
+from .robust import clip_block_robust, masked_median, neighbour_table, robust_halo
 
-__all__ = ["ClipResult", "clip_cube", "halo_planes", "METHODS"]
+__all__ = ["ClipResult", "clip_cube", "halo_planes", "METHODS", "REPLACE"]
 
-METHODS = ("paper",)
+# The first method is the default.
+METHODS = ("robust", "paper")
+# Replacement choices; "model" (the robust prediction) needs method="robust".
+REPLACE = ("model", "median", "interp", "nan")
+DEFAULT_REPLACE = {"robust": "model", "paper": "median"}
+INTERP_GAP = 10
 
 
 @dataclass
@@ -55,16 +62,31 @@ class ClipResult:
         return int(self.flags.sum())
 
 
-def halo_planes(method="paper", **params):
+def halo_planes(method="robust", **params):
     """Planes on each side a block needs so that block-wise clipping equals whole-cube clipping.
 
     The result of a method for one plane may depend only on planes within this
     distance; out-of-core processing reads blocks of planes with this many extra
     planes on each side and keeps only the block's own planes. Paper mode works on
-    each plane alone, so its halo is 0.
+    each plane alone, so its halo is 0 (plus ``interp_gap`` with ``replace="interp"``).
+    Robust mode fits windows of ``half_window`` planes in two passes
+    (:func:`layerclip.robust.robust_halo`).
+
+    Parameters
+    ----------
+    method : {"robust", "paper"}
+    **params
+        The options given to :func:`clip_cube` (``replace``, ``grow``,
+        ``half_window``, ``scale_window``, ``interp_gap``; others are ignored).
     """
+    replace = params.get("replace") or DEFAULT_REPLACE.get(method, "median")
+    gap = int(params.get("interp_gap") or INTERP_GAP) if replace == "interp" else 0
     if method == "paper":
-        return 0
+        return gap
+    if method == "robust":
+        keys = ("half_window", "scale_window", "grow")
+        opts = {k: params[k] for k in keys if params.get(k) is not None}
+        return robust_halo(**opts, interp_gap=gap)
     raise OptionError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
 
 
@@ -80,28 +102,57 @@ def _as_float_cube(array, name):
     return array
 
 
-def clip_cube(sci, err, layer_map, *, method: Literal["paper"] = "paper", sigma=5.0,
-              maxiters=5, excluded=None, block_planes=512):
-    """Clip outliers from a cube group by group, plane by plane.
+def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robust",
+              sigma=5.0, maxiters=5, excluded=None, block_planes=512,
+              replace: Literal["model", "median", "interp", "nan"] | None = None,
+              grow=None, grow_sigma=None, model_error=None, half_window=None,
+              interp_gap=INTERP_GAP):
+    """Clip outliers from a cube.
 
     Parameters
     ----------
     sci, err : ndarray, shape (nw, ny, nx)
         Flux and 1-sigma uncertainty (float32 or float64, any byte order).
     layer_map : ndarray of int, shape (ny, nx)
-        ``-1`` excluded, ``0`` sky, ``1..N`` target layers.
-    method : {"paper"}
-        ``"paper"``: the released notebooks of Hutchison et al. (2024), exactly.
+        ``-1`` excluded, ``0`` sky, ``1..N`` target layers. Voxels of ``-1``
+        spaxels are never flagged nor used.
+    method : {"robust", "paper"}
+        ``"robust"`` (default): every voxel is compared with a prediction fitted
+        from its spatial neighbours' spectra, in units of its own ERR (see
+        :mod:`layerclip.robust`). ``"paper"``: the released notebooks of Hutchison
+        et al. (2024), exactly (per plane and layer, median and std).
     sigma : float, optional
-        Clipping threshold in standard deviations (default 5).
+        Clipping threshold (default 5): standard deviations of the group (paper)
+        or of the normalised residual (robust).
     maxiters : int or None, optional
-        Most clipping passes per group and plane (default 5).
+        Paper mode: most clipping passes per group and plane (default 5).
     excluded : ndarray of bool, optional
         True for voxels with no usable data (e.g. DQ DO_NOT_USE). NaN SCI values are
         excluded in any case. Excluded voxels are never flagged nor changed.
     block_planes : int, optional
-        Planes processed per statistics call (memory bound; results do not depend
-        on it).
+        Planes processed per call (memory bound; results do not depend on it).
+    replace : {"model", "median", "interp", "nan"}, optional
+        Value given to flagged voxels; default ``"model"`` for robust, ``"median"``
+        for paper. ``"model"``: the robust prediction (the spaxel's own line
+        profile scaled from its neighbours' spectra), ERR = the prediction's
+        uncertainty. ``"median"``: the group's median in the plane (the paper's),
+        ERR = the group's median ERR. ``"interp"``: linear interpolation along
+        wavelength between the nearest usable, unflagged voxels of the same spaxel
+        within ``interp_gap`` planes (one side only: that value; none: the
+        ``model``/``median`` value), ERR propagated from the two voxels,
+        ``sqrt((1-t)^2 e1^2 + t^2 e2^2)``. ``"nan"``: SCI and ERR set to NaN
+        (files: DQ DO_NOT_USE|OUTLIER), as the jwst pipeline does.
+    grow : int, optional
+        Robust mode: growing steps to adjacent planes / spaxels (default 2; 0 off).
+    grow_sigma : float, optional
+        Robust mode: threshold for growing (default 3).
+    model_error : float, optional
+        Robust mode: fractional model error on line gradient and curvature
+        (default 0.1).
+    half_window : int, optional
+        Robust mode: half-width of the fit window in planes (default 7).
+    interp_gap : int, optional
+        Largest distance, in planes, to the voxels ``replace="interp"`` uses.
 
     Returns
     -------
@@ -114,6 +165,13 @@ def clip_cube(sci, err, layer_map, *, method: Literal["paper"] = "paper", sigma=
     layer_map = validate_layer_map(layer_map, sci.shape[1:])
     if method not in METHODS:
         raise OptionError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    if replace is None:
+        replace = DEFAULT_REPLACE[method]
+    if replace not in REPLACE:
+        raise OptionError(f"--replace {replace!r}: expected one of {', '.join(REPLACE)}")
+    if replace == "model" and method != "robust":
+        raise OptionError("--replace model needs --method robust (it uses the robust "
+                          "prediction)")
     if not np.isfinite(sigma) or sigma <= 0:
         raise OptionError(f"--sigma {sigma!r}: expected a positive number")
     if maxiters is not None and (int(maxiters) != maxiters or maxiters < 1):
@@ -123,25 +181,135 @@ def clip_cube(sci, err, layer_map, *, method: Literal["paper"] = "paper", sigma=
                               f"sci shape {sci.shape}")
     if int(block_planes) < 1:
         raise OptionError(f"block_planes {block_planes!r}: expected a positive whole number")
+    if int(interp_gap) < 1:
+        raise OptionError(f"interp_gap {interp_gap!r}: expected a positive whole number")
+    robust_opts = {}
+    for name, value in (("grow", grow), ("grow_sigma", grow_sigma),
+                        ("model_error", model_error), ("half_window", half_window)):
+        if value is None:
+            continue
+        if not np.isfinite(value) or value < 0:
+            raise OptionError(f"--{name.replace('_', '-')} {value!r}: expected a "
+                              "non-negative number")
+        robust_opts[name] = int(value) if name in ("grow", "half_window") else float(value)
 
     nw, ny, nx = sci.shape
-    labels = layer_map.ravel()
-    groups = [np.flatnonzero(labels == g) for g in np.unique(labels) if g != EXCLUDED]
     out_sci = sci.copy()
     out_err = err.copy()
     flags = np.zeros(sci.shape, dtype=bool)
     flat_sci = out_sci.reshape(nw, ny * nx)
     flat_err = out_err.reshape(nw, ny * nx)
     flat_flags = flags.reshape(nw, ny * nx)
-    for start in range(0, nw, int(block_planes)):
-        planes = slice(start, min(start + int(block_planes), nw))
-        bad = ~np.isfinite(flat_sci[planes])
+    index, neighbours = neighbour_table(layer_map)
+    labels = layer_map.ravel()[index]
+    groups = [np.flatnonzero(labels == g) for g in np.unique(labels)]
+    step = int(block_planes)
+    halo = halo_planes(method, replace=replace, interp_gap=interp_gap, **robust_opts)
+    if method == "paper" and replace == "median":
+        halo = 0
+    for start in range(0, nw, step):
+        stop = min(start + step, nw)
+        lo, hi = max(0, start - halo), min(nw, stop + halo)
+        # read the input, not the output (earlier blocks replaced voxels in the halo)
+        y = sci.reshape(nw, ny * nx)[lo:hi][:, index]
+        e = err.reshape(nw, ny * nx)[lo:hi][:, index]
+        bad = ~np.isfinite(y)
         if excluded is not None:
-            bad |= np.asarray(excluded[planes], dtype=bool).reshape(bad.shape)
-        block_sci = flat_sci[planes]
-        block_err = flat_err[planes]
-        flat_flags[planes] = clip_block_paper(block_sci, block_err, bad, groups,
-                                              sigma=sigma, maxiters=maxiters)
-    params = {"sigma": float(sigma), "maxiters": maxiters}
+            bad |= np.asarray(excluded[lo:hi], dtype=bool).reshape(hi - lo, -1)[:, index]
+        if method == "paper":
+            if replace == "median":
+                f = clip_block_paper(y, e, bad, groups, sigma=sigma, maxiters=maxiters)
+            else:
+                f = clip_block_paper(y.copy(), e.copy(), bad, groups, sigma=sigma,
+                                     maxiters=maxiters)
+                y, e = _replace(y, e, f, ~bad, None, replace, groups, interp_gap)
+        else:
+            yf = y.astype(float)
+            ef = e.astype(float)
+            usable = ~bad & np.isfinite(ef) & (ef > 0)
+            f, pred = clip_block_robust(yf, ef, usable, neighbours, sigma=sigma,
+                                        **robust_opts)
+            y, e = _replace(y, e, f, usable, pred, replace, groups, interp_gap)
+        keep = slice(start - lo, stop - lo)
+        cols = flat_flags[start:stop]
+        fk = f[keep]
+        cols[:, index] = fk
+        block_sci = flat_sci[start:stop]
+        block_err = flat_err[start:stop]
+        sub_sci = block_sci[:, index]
+        sub_err = block_err[:, index]
+        sub_sci[fk] = y[keep][fk]
+        sub_err[fk] = e[keep][fk]
+        block_sci[:, index] = sub_sci
+        block_err[:, index] = sub_err
+    params = {"sigma": float(sigma), "replace": replace}
+    if method == "paper":
+        params["maxiters"] = maxiters
+    else:
+        params.update({k: v for k, v in ROBUST_DEFAULTS.items() if k != "sigma"})
+        params.update(robust_opts)
+    if replace == "interp":
+        params["interp_gap"] = int(interp_gap)
     return ClipResult(sci=out_sci, err=out_err, flags=flags, layer_map=layer_map,
                       method=method, params=params)
+
+
+def _replace(y, e, flags, usable, pred, replace, groups, interp_gap):
+    """Replacement values and ERR for the flagged voxels of a compact (planes, m) block."""
+    new_y = y.astype(float)
+    new_e = e.astype(float)
+    if not flags.any():
+        return y, e
+    good = usable & ~flags
+    if replace == "nan":
+        new_y[flags] = np.nan
+        new_e[flags] = np.nan
+    elif replace == "model":
+        new_y[flags] = pred.value[flags]
+        new_e[flags] = np.sqrt(pred.variance[flags])
+    else:
+        # median of each group's usable, unflagged voxels in the plane (also the
+        # fallback of "interp" in paper mode)
+        med_y = np.full(y.shape, np.nan)
+        med_e = np.full(y.shape, np.nan)
+        for cols in groups:
+            g = good[:, cols]
+            med_y[:, cols] = masked_median(y[:, cols].T.astype(float), g.T)[:, None]
+            med_e[:, cols] = masked_median(e[:, cols].T.astype(float), g.T)[:, None]
+        if pred is not None:
+            fallback_y, fallback_e = pred.value, np.sqrt(pred.variance)
+        else:
+            fallback_y, fallback_e = med_y, med_e
+        if replace == "median":
+            new_y[flags] = med_y[flags]
+            new_e[flags] = med_e[flags]
+        else:
+            iy, ie = _interpolate(y.astype(float), e.astype(float), good, interp_gap)
+            none = ~np.isfinite(iy)
+            iy[none] = fallback_y[none]
+            ie[none] = fallback_e[none]
+            new_y[flags] = iy[flags]
+            new_e[flags] = ie[flags]
+    return new_y.astype(y.dtype), new_e.astype(e.dtype)
+
+
+def _interpolate(y, e, good, gap):
+    """Linear interpolation along axis 0 from the nearest ``good`` voxels within ``gap``."""
+    n = y.shape[0]
+    k = np.arange(n)[:, None]
+    below = np.maximum.accumulate(np.where(good, k, -1), axis=0)
+    above = np.minimum.accumulate(np.where(good, k, n)[::-1], axis=0)[::-1]
+    has_lo = (below >= 0) & (k - below <= gap)
+    has_hi = (above < n) & (above - k <= gap)
+    cols = np.arange(y.shape[1])[None, :]
+    lo = np.clip(below, 0, n - 1)
+    hi = np.clip(above, 0, n - 1)
+    y_lo, y_hi = y[lo, cols], y[hi, cols]
+    e_lo, e_hi = e[lo, cols], e[hi, cols]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.where(has_lo & has_hi, (k - below) / np.maximum(above - below, 1), 0.0)
+    value = np.where(has_lo & has_hi, (1 - t) * y_lo + t * y_hi,
+                     np.where(has_lo, y_lo, np.where(has_hi, y_hi, np.nan)))
+    error = np.where(has_lo & has_hi, np.sqrt(((1 - t) * e_lo) ** 2 + (t * e_hi) ** 2),
+                     np.where(has_lo, e_lo, np.where(has_hi, e_hi, np.nan)))
+    return value, error

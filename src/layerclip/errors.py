@@ -15,12 +15,23 @@ __all__ = [
     "EmptyTargetError",
     "OptionError",
     "OutputError",
+    "RestoreError",
     "LayerclipWarning",
+    "BadUncertaintyWarning",
 ]
 
 
 class LayerclipError(Exception):
-    """Base class of every error layerclip raises on purpose."""
+    """Base class of every error layerclip raises on purpose.
+
+    The message is kept on one line (line breaks from a dependency's own message
+    are folded into spaces).
+    """
+
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (" ".join(args[0].split()),)
+        super().__init__(*args)
 
 
 class InputFileError(LayerclipError):
@@ -51,5 +62,13 @@ class OutputError(LayerclipError):
     """An output cannot be written where or how it was asked."""
 
 
+class RestoreError(LayerclipError):
+    """A cleaned file cannot be restored (no undo table, or one that does not fit)."""
+
+
 class LayerclipWarning(UserWarning):
     """Something was adjusted or excluded automatically; the message says what."""
+
+
+class BadUncertaintyWarning(LayerclipWarning):
+    """Voxels with finite flux but zero, negative or NaN uncertainty were excluded."""

@@ -10,12 +10,13 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
-from .errors import EmptyTargetError, LayerclipWarning, LayerMapError
+from .errors import EmptyTargetError, LayerclipWarning, LayerMapError, OptionError
 
 __all__ = [
     "EXCLUDED",
     "SKY",
     "validate_layer_map",
+    "STATISTICS",
     "min_clippable_size",
     "max_single_outlier_sigma",
     "drop_small_islands",
@@ -59,27 +60,87 @@ def validate_layer_map(layer_map, shape=None, *, source="layer map"):
     return data.astype(np.int16)
 
 
-def max_single_outlier_sigma(n):
-    """Largest distance, in population std, that one outlier among ``n`` values can reach.
+#: Scale statistics the group-size bound knows (see :func:`max_single_outlier_sigma`).
+STATISTICS = ("std", "std-mean", "std-ddof1", "mad")
 
-    With all other values equal, the outlier sits ``n / sqrt(n - 1)`` standard
-    deviations from the median. A std-scaled clip at ``sigma`` can therefore
-    never flag a lone outlier in a group with ``n / sqrt(n - 1) <= sigma``.
+
+def max_single_outlier_sigma(n, statistic="std"):
+    """Largest distance, in units of the clip's scale, one outlier among ``n`` values can reach.
+
+    Take ``n - 1`` equal values and one outlier at distance ``d``. The outlier
+    inflates the scale estimate itself, so its distance in units of that scale is
+    bounded whatever ``d`` is:
+
+    - ``"std"`` (median centre, population std; the paper and astropy's
+      ``sigma_clip`` defaults): ``n / sqrt(n - 1)``;
+    - ``"std-mean"`` (mean centre, population std): ``sqrt(n - 1)``;
+    - ``"std-ddof1"`` (median centre, sample std): ``sqrt(n)``;
+    - ``"mad"`` (median centre, MAD-based scale): unbounded for ``n >= 3``, since
+      neither the median nor the MAD moves with one outlier.
+
+    A clip at ``sigma`` can never flag a lone outlier in a group whose bound is
+    ``<= sigma``.
+
+    Parameters
+    ----------
+    n : int or array_like
+        Group size(s).
+    statistic : {"std", "std-mean", "std-ddof1", "mad"}, optional
+        Centre and scale of the clip (default ``"std"``).
+
+    Returns
+    -------
+    ndarray of float
+        The bound (``inf`` for robust scales, 0 for ``n <= 1``).
     """
     n = np.asarray(n, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(n > 1, n / np.sqrt(np.maximum(n - 1, 1)), 0.0)
+    m1 = np.maximum(n - 1, 1)
+    if statistic == "std":
+        bound = n / np.sqrt(m1)
+    elif statistic == "std-mean":
+        bound = np.sqrt(m1)
+    elif statistic == "std-ddof1":
+        bound = np.sqrt(np.maximum(n, 1))
+    elif statistic == "mad":
+        bound = np.where(n >= 3, np.inf, 0.0)
+    else:
+        raise OptionError(f"statistic {statistic!r}: expected one of {', '.join(STATISTICS)}")
+    return np.where(n > 1, bound, 0.0)
 
 
-def min_clippable_size(sigma):
-    """Smallest group size in which std-scaled ``sigma`` clipping can flag a single outlier."""
-    if sigma <= 1:
-        return 2
-    # n / sqrt(n-1) > sigma  <=>  n^2 - sigma^2 n + sigma^2 > 0; take the larger root.
-    disc = sigma**4 - 4 * sigma**2
-    n = 2 if disc < 0 else (sigma**2 + math.sqrt(disc)) / 2
-    n = max(2, math.floor(n) + 1)
-    while max_single_outlier_sigma(n) <= sigma:
+def min_clippable_size(sigma, statistic="std"):
+    """Smallest group size in which a ``sigma`` clip can flag a single outlier.
+
+    Computed from :func:`max_single_outlier_sigma`: the smallest ``n`` whose bound
+    exceeds ``sigma`` (24 for the paper's 5-sigma std clip, 3 for a MAD scale).
+
+    Parameters
+    ----------
+    sigma : float
+        Clipping threshold.
+    statistic : {"std", "std-mean", "std-ddof1", "mad"}, optional
+        Centre and scale of the clip (default ``"std"``, the paper's).
+
+    Returns
+    -------
+    int
+    """
+    if not np.isfinite(sigma) or sigma <= 0:
+        raise OptionError(f"--sigma {sigma!r}: expected a positive number")
+    if statistic not in STATISTICS:
+        raise OptionError(f"statistic {statistic!r}: expected one of {', '.join(STATISTICS)}")
+    if statistic == "mad":
+        return 3
+    # Start below the root of the closed form and step up: exact for every statistic.
+    if statistic == "std":
+        disc = sigma**4 - 4 * sigma**2
+        start = 2 if disc < 0 else math.floor((sigma**2 + math.sqrt(disc)) / 2)
+    elif statistic == "std-mean":
+        start = math.floor(sigma**2)
+    else:
+        start = math.floor(sigma**2) - 1
+    n = max(2, start - 1)
+    while max_single_outlier_sigma(n, statistic) <= sigma:
         n += 1
     return n
 

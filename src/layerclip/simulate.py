@@ -80,6 +80,7 @@ class SyntheticCube:
     z: float = 0.0
     line: str | None = None
     kind: str = "arc"
+    neighbour_model: np.ndarray | None = None
 
     @property
     def artifact_mask(self):
@@ -181,7 +182,8 @@ def _target_profile(kind, ny, nx, footprint, rng):
 def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
               peak_snr=None, on_line_fraction=0.2, negative_fraction=0.15,
               wave_range=(1.095, 1.555), z=1.3293, fov_size=30, fov_angle=28.0,
-              noise=0.5, edge_noise=2.0, line_sigma_kms=75.0, amp_range=(3.0, 3000.0)):
+              noise=0.5, edge_noise=2.0, line_sigma_kms=75.0, amp_range=(3.0, 3000.0),
+              neighbour=None, separate=False):
     """Build a seeded synthetic NIRSpec-like cube with injected artifacts.
 
     Parameters
@@ -218,6 +220,18 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
     amp_range : tuple of float
         Artifact peak amplitudes are log-uniform in this range, in units of the
         voxel's ERR.
+    neighbour : bool or dict, optional
+        Add a bright compact neighbouring source at the same redshift ([O III]
+        only): True, or a dict overriding ``offset`` (dy, dx from the centre,
+        default (8, 9)), ``peak_snr`` (default 3x the target's), ``size`` (Gaussian
+        sigma, spaxels, 1.3) and ``velocity`` (km/s, 150). Its noise-free signal is
+        ``SyntheticCube.neighbour_model``; everything else equals the cube made
+        without it.
+    separate : bool
+        Keep artifacts apart (none within 2 planes and 3 spaxels of another), as
+        independent cosmic-ray hits almost always are; an artifact that finds no
+        free place in 50 draws is placed anyway. The default (False) lets them
+        pile up, e.g. several on the few brightest voxels of a compact line core.
 
     Returns
     -------
@@ -260,6 +274,25 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
         cycles = np.cumsum(1.0 / period)
         ring = 1 + 0.25 * np.sin(2 * np.pi * cycles[:, None, None] + phase[None])
         model += peak * profile[None] * ring * (wave[:, None, None] / wmid) ** -1
+    neighbour_model = None
+    if neighbour:
+        # A compact companion at the same redshift, offset in position and velocity;
+        # deterministic, so the target, noise and artifacts are those of the cube
+        # made without it.
+        nb = {"offset": (8.0, 9.0), "peak_snr": 3 * peak / noise,
+              "size": 1.3, "velocity": 150.0, **(neighbour if isinstance(neighbour, dict)
+                                                  else {})}
+        yy, xx = np.mgrid[0:ny, 0:nx].astype(float)
+        r2 = ((yy - (ny - 1) / 2 - nb["offset"][0]) ** 2
+              + (xx - (nx - 1) / 2 - nb["offset"][1]) ** 2)
+        nb_profile = np.where(footprint, np.exp(-0.5 * r2 / nb["size"] ** 2)
+                              + 0.03 * np.exp(-np.sqrt(r2) / 2.5), 0.0)
+        centre = LINES["[O III]5008"] * (1 + z) * (1 + nb["velocity"] / C_KMS) * 1e-4
+        sig = centre * line_sigma_kms / C_KMS
+        neighbour_model = (nb["peak_snr"] * noise * nb_profile[None]
+                           * np.exp(-0.5 * ((wave[:, None, None] - centre) / sig) ** 2))
+        model += neighbour_model
+        neighbour_model[:, ~footprint] = np.nan
     model[:, ~footprint] = np.nan
     err[:, ~footprint] = np.nan
 
@@ -274,14 +307,24 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
         centre = LINES[line] * (1 + z) * 1e-4
         line_planes = np.flatnonzero(np.abs(wave - centre) <= centre * 150 / C_KMS)
     neighbours = np.array([(0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (-1, 1)])
+    occupied = np.zeros(shape, dtype=bool) if separate else None
     for i in range(n_artifacts):
         on_line = i < n_on_line and line_planes is not None and line_planes.size > 0
-        if on_line:
-            y0, x0 = bright[rng.integers(len(bright))]
-            k0 = int(rng.choice(line_planes))
-        else:
-            y0, x0 = inside[rng.integers(len(inside))]
-            k0 = int(rng.integers(1, nw - 3))
+        for _attempt in range(50 if separate else 1):
+            if on_line:
+                y0, x0 = bright[rng.integers(len(bright))]
+                k0 = int(rng.choice(line_planes))
+            else:
+                y0, x0 = inside[rng.integers(len(inside))]
+                k0 = int(rng.integers(1, nw - 3))
+            if not separate:
+                break
+            box = (slice(max(k0 - 2, 0), k0 + 5), slice(max(y0 - 3, 0), y0 + 4),
+                   slice(max(x0 - 3, 0), x0 + 4))
+            if not occupied[box].any():
+                break
+        if separate:
+            occupied[k0:k0 + 3, max(y0 - 1, 0):y0 + 2, max(x0 - 1, 0):x0 + 2] = True
         n_planes = int(rng.integers(1, 4))
         n_spax = int(rng.integers(1, 5))
         plane_weights = {1: [1.0], 2: [1.0, 0.45], 3: [0.4, 1.0, 0.35]}[n_planes]
@@ -315,6 +358,7 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
         model=model.astype(np.float32), dq=dq, wmap=wmap.astype(np.float32),
         wavelength=wave, footprint=footprint, artifacts=artifacts, z=z, line=line,
         kind=kind,
+        neighbour_model=None if neighbour_model is None else neighbour_model.astype(np.float32),
     )
 
 

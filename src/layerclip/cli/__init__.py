@@ -11,11 +11,12 @@ import sys
 
 from .. import __version__
 from ..errors import LayerclipError
-from . import clean, demo
+from . import batch, clean, compare, demo, mask, report, restore
+from . import info as info_cmd
 
 __all__ = ["main"]
 
-COMMANDS = [clean, demo]
+COMMANDS = [clean, demo, report, compare, restore, info_cmd, mask, batch]
 
 
 def build_parser():
