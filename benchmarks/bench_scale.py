@@ -145,13 +145,22 @@ def batch_time(cubes, folder, workers, method):
                       dashboard_address=":0") as cluster, Client(cluster) as client:
         startup = time.perf_counter() - t0
         client.run(lambda: __import__("layerclip.pipeline"))  # warm imports, not timed
+        cpu0 = sum(client.run(_cpu_seconds).values())
         t = time.perf_counter()
         results = run_batch(jobs, client=client)
         seconds = time.perf_counter() - t
+        cpu = sum(client.run(_cpu_seconds).values()) - cpu0
     failed = [r for r in results if r.status != "done"]
     if failed:
         raise SystemExit(f"batch failures: {[(r.name, r.error) for r in failed]}")
-    return seconds, startup
+    return seconds, startup, cpu
+
+
+def _cpu_seconds():
+    import resource
+
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
 
 
 def main(argv=None):
@@ -161,6 +170,8 @@ def main(argv=None):
                         help=f"planes of the MUSE-size cube (default {MUSE_SHAPE[0]})")
     parser.add_argument("--batch", type=int, default=8, help="cubes in the batch (default 8)")
     parser.add_argument("--method", default="paper", help="clipping method (default paper)")
+    parser.add_argument("--skip-muse", action="store_true",
+                        help="only the NIRSpec-size clean and the batch (no rate ratio)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     args = parser.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="layerclip-bench-scale-"))
@@ -168,23 +179,11 @@ def main(argv=None):
     shape = (args.planes, *MUSE_SHAPE[1:])
     n_vox = int(np.prod(shape))
     print(f"work folder {work}; {os.cpu_count()} CPUs; method {args.method}")
+    muse_rate = None
+    print(f"load average before: {os.getloadavg()[0]:.2f} (other processes skew the timings)")
     try:
-        muse = work / "muse_like.fits"
-        t = time.perf_counter()
-        n_out, line_um = write_muse_like(muse, shape)
-        print(f"MUSE-size cube {shape[0]}x{shape[1]}x{shape[2]} float32 DATA+STAT written in "
-              f"{time.perf_counter() - t:.1f} s ({muse.stat().st_size / 2**30:.2f} GiB, "
-              f"{n_out} injected outliers in the field)")
-        res = clean_in_child(muse, work / "muse_like_clean.fits", obs_wave=line_um,
-                             method=args.method)
-        muse_rate = n_vox / res["seconds"]
-        print(f"MUSE-size clean ({res['kind']}): {res['seconds']:.1f} s, "
-              f"{muse_rate / 1e6:.2f} Mvoxel/s, peak RSS {res['maxrss_mb']:.0f} MB "
-              f"({'under' if res['maxrss_mb'] < 1024 else 'OVER'} 1 GB), "
-              f"{res['n_flagged']} voxels replaced")
-        (work / "muse_like_clean.fits").unlink()
-        muse.unlink()
-
+        if not args.skip_muse:
+            muse_rate = _muse_part(work, shape, n_vox, args.method)
         cubes = nirspec_cubes(work, max(args.batch, 1))
         path, line, z = cubes[0]
         n_nrs = int(np.prod(NIRSPEC_SHAPE))
@@ -197,19 +196,43 @@ def main(argv=None):
                                block_planes=64, method=args.method)
         print(f"NIRSpec-size clean out of core ({res_s['kind']}, 64-plane blocks): "
               f"{res_s['seconds']:.2f} s, {n_nrs / res_s['seconds'] / 1e6:.2f} Mvoxel/s")
-        ratio = nrs_rate / muse_rate
-        print(f"rate ratio NIRSpec-size / MUSE-size: {ratio:.2f} "
-              f"({'within' if ratio <= 1.5 else 'NOT within'} 1.5)")
+        if muse_rate is not None:
+            ratio = nrs_rate / muse_rate
+            print(f"rate ratio NIRSpec-size / MUSE-size: {ratio:.2f} "
+                  f"({'within' if ratio <= 1.5 else 'NOT within'} 1.5)")
 
-        t1, s1 = batch_time(cubes, work / "batch1", 1, args.method)
-        t2, s2 = batch_time(cubes, work / "batch2", 2, args.method)
+        t1, s1, c1 = batch_time(cubes, work / "batch1", 1, args.method)
+        t2, s2, c2 = batch_time(cubes, work / "batch2", 2, args.method)
         print(f"batch of {len(cubes)} NIRSpec-size cubes: 1 worker {t1:.1f} s, 2 workers "
               f"{t2:.1f} s, speed-up {t1 / t2:.2f}x (cluster start-up {s1:.1f} s / {s2:.1f} s, "
               "not included)")
+        print(f"  worker CPU time: 1 worker {c1:.1f} s ({c1 / t1:.2f} cores busy), 2 workers "
+              f"{c2:.1f} s ({c2 / t2:.2f} cores busy)")
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _muse_part(work, shape, n_vox, method):
+    """Write the MUSE-size cube, clean it in a child process, print and return the rate."""
+    muse = work / "muse_like.fits"
+    t = time.perf_counter()
+    n_out, line_um = write_muse_like(muse, shape)
+    print(f"MUSE-size cube {shape[0]}x{shape[1]}x{shape[2]} float32 DATA+STAT written in "
+          f"{time.perf_counter() - t:.1f} s ({muse.stat().st_size / 2**30:.2f} GiB, "
+          f"{n_out} injected outliers in the field)")
+    res = clean_in_child(muse, work / "muse_like_clean.fits", obs_wave=line_um,
+                         method=method)
+    muse_rate = n_vox / res["seconds"]
+    print(f"MUSE-size clean ({res['kind']}): {res['seconds']:.1f} s, "
+          f"{muse_rate / 1e6:.2f} Mvoxel/s, peak RSS {res['maxrss_mb']:.0f} MB "
+          f"({'under' if res['maxrss_mb'] < 1024 else 'OVER'} 1 GB), "
+          f"{res['n_flagged']} voxels replaced")
+    (work / "muse_like_clean.fits").unlink()
+    muse.unlink()
+    return muse_rate
 
 
 if __name__ == "__main__":

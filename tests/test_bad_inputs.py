@@ -96,7 +96,7 @@ def test_truncated_header(good, tmp_path, capsys):
     src = tmp_path / "trunc_hdr.fits"
     src.write_bytes(good.read_bytes()[:4000])
     good.unlink()
-    _clean_case(tmp_path, capsys, src, InputFileError, "trunc_hdr.fits: corrupt FITS file",
+    _clean_case(tmp_path, capsys, src, InputFileError, "trunc_hdr.fits: truncated FITS file",
                 *WAVE, obs_wave=1.52)
 
 

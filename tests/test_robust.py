@@ -47,7 +47,7 @@ def test_catches_artifact_on_bright_line_core_in_small_layer(compact):
     k, y, x = _line_peak(compact)
     lm = _layer_map(compact, k)
     assert (lm == 2).sum() < 25  # too small for a std-scaled 5-sigma clip
-    sci = _with_artifact(compact, k, y, x, 300.0)
+    sci = _with_artifact(compact, k, y, x, 1500.0)  # doubles the line peak
     paper = clip_cube(sci, compact.err, lm, method="paper")
     robust = clip_cube(sci, compact.err, lm, method="robust")
     assert not paper.flags[k, y, x]
@@ -95,13 +95,13 @@ def test_noise_rising_to_the_field_edge():
     lm = np.zeros((ny, nx), np.int16)
     quiet = [(30, 12, 12), (70, 10, 15), (95, 14, 9)]
     for k, y, x in quiet:
-        sci[k, y, x] += 9.0 * err[k, y, x]
+        sci[k, y, x] += 7.0 * err[k, y, x]
     robust = clip_cube(sci, err, lm, method="robust")
     paper = clip_cube(sci, err, lm, method="paper")
     for vox in quiet:
         assert robust.flags[vox]
     assert robust.n_flagged <= len(quiet) + 1
-    # one std for the whole plane: the quiet centre's 9-sigma bumps hide in edge noise
+    # one std for the whole plane: the quiet centre's 7-sigma bumps hide in edge noise
     assert sum(bool(paper.flags[v]) for v in quiet) < len(quiet)
 
 
@@ -131,7 +131,7 @@ def test_halo_contract_for_out_of_core_blocks(arc):
         part = clip_cube(arc.sci[lo:hi], arc.err[lo:hi], lm)
         keep = slice(start - lo, stop - lo)
         assert np.array_equal(part.flags[keep], whole.flags[start:stop])
-        assert np.array_equal(part.sci[keep], whole.sci[start:stop])
+        assert np.array_equal(part.sci[keep], whole.sci[start:stop], equal_nan=True)
 
 
 def test_replace_modes(arc):
@@ -143,8 +143,8 @@ def test_replace_modes(arc):
     assert flags.any()
     for r in res.values():
         assert np.array_equal(r.flags, flags)
-        assert np.array_equal(r.sci[~flags], arc.sci[~flags])
-        assert np.array_equal(r.err[~flags], arc.err[~flags])
+        assert np.array_equal(r.sci[~flags], arc.sci[~flags], equal_nan=True)
+        assert np.array_equal(r.err[~flags], arc.err[~flags], equal_nan=True)
     assert np.isnan(res["nan"].sci[flags]).all() and np.isnan(res["nan"].err[flags]).all()
     for name in ("model", "median", "interp"):
         assert np.isfinite(res[name].sci[flags]).all()

@@ -26,19 +26,27 @@ spaxel's own mean over the window is the prediction.
 
 The normalised residual is
 
-    rho = (s - p) / sqrt(ERR^2 + var(p) + (f * m)^2)
+    rho = (s - p) / sqrt(ERR^2 + var(p))
 
-with ``var(p)`` the noise the neighbours carry into ``p`` and ``m`` the local
-gradient plus curvature of the prediction along wavelength: a prediction of a
-bright, narrow line is uncertain by a fraction ``f`` of how fast the line
-changes, because neighbouring spectra never match in shape exactly. ``rho`` is
-divided by a robust (MAD) scale measured in each plane over all usable spaxels
-(median-filtered over a few planes, never below 1), which protects against ERR
-arrays that underestimate the noise. A voxel is flagged when ``|rho| > sigma``;
-the whole procedure is run twice, the second time without the voxels flagged in
-the first (so strong residuals inside fit windows no longer bias the fits).
-Flags then grow to adjacent planes and adjacent spaxels whose ``rho`` has the
-same sign and exceeds ``grow_sigma``.
+where ``var(p)`` collects everything that makes the prediction uncertain: the
+noise the neighbours carry in; the fit's extrapolation (leverage) and, in pass
+two, its own residual scale where the neighbour does not describe the window;
+the spread of the candidates (neighbours on different sides of a velocity
+gradient, or an undersampled line, disagree: their spread itself, not spread /
+sqrt(n), because the disagreement is systematic); a fraction ``model_error`` of
+the prediction's local gradient plus curvature along wavelength; and, in pass
+two, how badly the prediction missed the spaxel's own voxels on the three planes
+each side (beyond their noise). Where no neighbour is usable the spaxel's own
+window mean is the prediction, uncertain by the spectrum's scatter in the window.
+``rho`` is divided by a robust (MAD) scale measured in each plane over all usable
+spaxels (median-filtered over a few planes, never below 1), which protects
+against ERR arrays that underestimate the noise. A voxel is flagged when
+``|rho| > sigma``. Pass one (conservative, no empirical terms) finds the gross
+outliers; pass two repeats the fits without them and their adjacent planes
+(neighbour spectra repaired with pass one's prediction, candidates next to a
+flag used only when fewer than two others exist). After each pass, flags grow
+to adjacent planes and adjacent spaxels whose ``rho`` has the same sign and
+exceeds ``grow_sigma``.
 
 Every statistic uses only planes within a fixed distance (:func:`robust_halo`),
 so processing a cube in blocks of planes padded by that halo gives the same
@@ -63,6 +71,10 @@ DEFAULTS = {
     "scale_window": 3,
     "grow": 2,
 }
+
+# Pass one's fractional model error; pass two's comes from the data (CHECK_PLANES).
+FIRST_PASS_ERROR = 0.1
+CHECK_PLANES = 3
 
 _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
@@ -181,7 +193,8 @@ def masked_median(values, valid):
 
 
 def _predict(y, e, good, neighbours, *, half_window, leave_out, model_error, min_points=6,
-             template=None, fit_ok=None, eval_ok=None, strict_ok=None, spread_weight=1.0, check_planes=3):
+             template=None, fit_ok=None, eval_ok=None, strict_ok=None, spread_weight=1.0,
+             check_planes=3, fit_scale=True):
     """One pass of neighbour-template predictions for a (planes, m) block.
 
     Parameters
@@ -233,6 +246,7 @@ def _predict(y, e, good, neighbours, *, half_window, leave_out, model_error, min
         sx, sd, sy = _wsum(wx, kernel), _wsum(wd, kernel), _wsum(wy, kernel)
         sxx, sdd, sxd = _wsum(wx * x, kernel), _wsum(wd * d, kernel), _wsum(wx * d, kernel)
         sxy, sdy = _wsum(wx * y0, kernel), _wsum(wd * y0, kernel)
+        syy = _wsum(wy * y0, kernel)
         with np.errstate(invalid="ignore", divide="ignore"):
             inv = 1.0 / np.maximum(sw, 1.0)
             xm, dm, ym = sx * inv, sd * inv, sy * inv
@@ -257,7 +271,14 @@ def _predict(y, e, good, neighbours, *, half_window, leave_out, model_error, min
             lever = np.where(ok2, (zx * zx * cdd - 2 * zx * zd * cxd + zd * zd * cxx)
                              / np.where(ok2, det, 1.0),
                              np.where(cxx > 0, zx * zx / np.where(cxx > 0, cxx, 1.0), 0.0))
-            var = a * a * ex2 + c * c * ed2 + e2_here * (inv + lever)
+            # The fit's own residual scale, where it exceeds the noise: a spaxel
+            # the neighbour's spectrum does not describe in this window (another
+            # shape, a residual spoiling the fit) gets a wide prediction interval.
+            rss = (syy - sy * ym) - a * cxy - c * cdy
+            dof = np.maximum(sw - 3.0, 1.0)
+            resid2 = np.maximum(rss / dof, e2_here) if fit_scale else e2_here
+            var = a * a * ex2 + c * c * ed2 + resid2 * (inv + lever) \
+                + np.maximum(resid2 - e2_here, 0.0)
         cand[i] = pred
         cvar[i] = var
         cvalid[i] = gx & gd & (sw >= min_points)
@@ -279,9 +300,13 @@ def _predict(y, e, good, neighbours, *, half_window, leave_out, model_error, min
     sw_own = _wsum(w_s, kernel_own)
     sy_own = _wsum(y0, kernel_own)
     se_own = _wsum(e2, kernel_own)
+    syy_own = _wsum(y0 * y0, kernel_own)
     with np.errstate(invalid="ignore", divide="ignore"):
         own = sy_own / sw_own
-        own_var = se_own / (sw_own * sw_own)
+        # No neighbour to follow the spectrum's shape: the own mean is uncertain by
+        # the spectrum's scatter in the window (real structure included).
+        scatter = np.maximum(syy_own / sw_own - own * own, 0.0)
+        own_var = se_own / (sw_own * sw_own) + scatter
     few = n_valid < 1
     value = np.where(few, own, value)
     variance = np.where(few, own_var, variance)
@@ -296,6 +321,8 @@ def _predict(y, e, good, neighbours, *, half_window, leave_out, model_error, min
     # robust to a residual on up to two of them), beyond what their noise explains.
     # A line whose shape the neighbours cannot reproduce (undersampled, shifted)
     # misses on the planes beside the peak as well, and is then not clipped.
+    if check_planes <= 0:
+        return value, variance
     miss = np.where(good & np.isfinite(value), np.abs(y - value), np.nan)
     expect = np.where(good, e * e + variance, np.nan)
     offsets = [o for o in range(-check_planes, check_planes + 1) if o != 0]
@@ -370,9 +397,14 @@ def clip_block_robust(y, e, usable, neighbours, *, sigma=DEFAULTS["sigma"],
         guard = flags | _shift(flags, 1, False) | _shift(flags, -1, False)
         good = usable & ~guard
         if pred is None:
+            # Pass one only has to find the gross outliers that would spoil the
+            # fits of pass two: a conservative uncertainty (the full candidate
+            # spread and a large model error), no empirical term (fits spoiled by an
+            # outlier miss on every plane of their window, and their residual
+            # scale is inflated by it).
             value, variance = _predict(y, e, good, neighbours, half_window=half_window,
-                                       leave_out=leave_out, model_error=model_error,
-                                       spread_weight=spread_weight)
+                                       leave_out=leave_out, model_error=FIRST_PASS_ERROR,
+                                       spread_weight=1.0, check_planes=0, fit_scale=False)
         else:
             # Neighbour spectra: flagged voxels repaired with the previous prediction;
             # fits avoid flags and their neighbourhood (plane and spaxel), and
@@ -384,7 +416,8 @@ def clip_block_robust(y, e, usable, neighbours, *, sigma=DEFAULTS["sigma"],
             value, variance = _predict(y, e, good, neighbours, half_window=half_window,
                                        leave_out=leave_out, model_error=model_error,
                                        template=template, fit_ok=near, eval_ok=usable,
-                                       strict_ok=near, spread_weight=spread_weight)
+                                       strict_ok=near, spread_weight=spread_weight,
+                                       check_planes=CHECK_PLANES)
         with np.errstate(invalid="ignore", divide="ignore"):
             rho = (y - value) / np.sqrt(e * e + variance)
         ok = usable & np.isfinite(rho)

@@ -28,14 +28,24 @@ __all__ = ["StreamResult", "clip_stream", "stream_no_data", "stream_layer_map",
 log = logging.getLogger(__name__)
 
 
-def auto_block_planes(shape, *, memory_mb=256):
+# Working memory per voxel of a block while it is clipped (measured: float32 input
+# copies, float64 statistics and masks for paper mode; the neighbour fits of robust
+# mode hold many more arrays per voxel).
+_BYTES_PER_VOXEL = {"paper": 40, "robust": 500}
+
+
+def auto_block_planes(shape, *, memory_mb=256, method="paper", halo=0):
     """Planes per block so that one block's working arrays stay near ``memory_mb``.
 
-    About 40 bytes per voxel are live while a block is clipped (float32 input
-    copies, float64 statistics, masks).
+    A block is read with ``halo`` extra planes on each side; the block keeps at
+    least ``halo`` planes of its own so that re-reading the halo does not dominate
+    the run time (for robust mode on very wide planes this, not ``memory_mb``,
+    sets the memory use).
     """
-    per_plane = max(int(np.prod(shape[1:])), 1) * 40
-    return int(max(1, min(shape[0], (memory_mb * 2**20) // per_plane)))
+    per_voxel = _BYTES_PER_VOXEL.get(method, 500)
+    per_plane = max(int(np.prod(shape[1:])), 1) * per_voxel
+    planes = (memory_mb * 2**20) // per_plane - 2 * int(halo)
+    return int(max(1, int(halo), min(shape[0], planes)))
 
 
 @dataclass
@@ -103,10 +113,10 @@ def clip_stream(source, layer_map, *, writer=None, method=None, block_planes=Non
     nw, ny, nx = source.shape
     if method is None:
         method = METHODS[0]
-    if block_planes is None:
-        block_planes = auto_block_planes(source.shape)
-    block_planes = int(block_planes)
     halo = int(halo_planes(method, **params))
+    if block_planes is None:
+        block_planes = auto_block_planes(source.shape, method=method, halo=halo)
+    block_planes = int(block_planes)
     per_spaxel = np.zeros((ny, nx), dtype=np.int64)
     result_params, used_map = None, None
     for block, own in source.blocks(block_planes, halo=halo):
@@ -226,9 +236,9 @@ def clean_source(source, output_path, *, method=None, sigma=5.0, maxiters=5, lay
 
     if method is None:
         method = METHODS[0]
-    halo_planes(method, **params)  # refuse an unknown method before copying anything
+    halo = halo_planes(method, **params)  # refuses an unknown method before any copying
     if block_planes is None:
-        block_planes = auto_block_planes(source.shape)
+        block_planes = auto_block_planes(source.shape, method=method, halo=halo)
     if layers is not None:
         info = LayerMapInfo(layer_map=read_layer_map(layers, source.shape[1:]),
                             source=f"file {Path(layers).name}")

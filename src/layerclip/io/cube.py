@@ -6,6 +6,7 @@ The file layout (JWST s3d, MUSE, ESO/KMOS, KCWI, generic) is detected by
 than memory.
 """
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,7 @@ class Cube:
 
 _BLOCK = 2880
 _BITPIX = (8, 16, 32, 64, -32, -64)
+_STRUCTURAL = re.compile(rb"^(BITPIX|NAXIS\d{0,3}|PCOUNT|GCOUNT|BSCALE|BZERO|XTENSION)$")
 # Largest header accepted (cards): real IFU headers have a few thousand at most.
 _MAX_HEADER_BLOCKS = 2000
 
@@ -196,6 +198,11 @@ def prescan_fits(path):
                         break
                     if block[i + 8:i + 10] == b"= ":
                         cards.setdefault(key.decode("ascii", "replace"), block[i + 10:i + 80])
+                    elif _STRUCTURAL.match(key):
+                        # astropy would still read it, as a string, and fail deep inside
+                        raise InputFileError(
+                            f"{path}: corrupt FITS header in HDU #{index}: card "
+                            f"{key.decode('ascii', 'replace')} has no '= ' value indicator")
                 if blocks > _MAX_HEADER_BLOCKS:
                     raise InputFileError(f"{path}: corrupt FITS file (no END card in the "
                                          f"first {_MAX_HEADER_BLOCKS} header blocks of HDU "

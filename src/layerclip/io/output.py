@@ -104,9 +104,12 @@ def check_free_space(folder, need_bytes, *, option="-o", margin=1.05):
     """Refuse to start when ``folder`` has less free space than ``need_bytes`` (+5 %)."""
     folder = Path(folder) if str(folder) else Path(".")
     try:
-        free = shutil.disk_usage(folder).free
+        usage = shutil.disk_usage(folder)
     except OSError:
         return  # the folder checks report what is wrong with it
+    free = usage.free
+    if usage.total == 0:
+        return  # a pseudo file system (/proc ...): creating the file reports the problem
     if free < need_bytes * margin:
         raise OutputError(f"{option} {folder}: {free / 2**20:.1f} MiB free, the output needs "
                           f"about {need_bytes * margin / 2**20:.1f} MiB")
