@@ -194,6 +194,9 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
         robust_opts[name] = int(value) if name in ("grow", "half_window") else float(value)
 
     nw, ny, nx = sci.shape
+    if method == "paper" and replace == "median":
+        return _clip_paper_median(sci, err, layer_map, excluded, sigma=sigma,
+                                  maxiters=maxiters, block_planes=int(block_planes))
     out_sci = sci.copy()
     out_err = err.copy()
     flags = np.zeros(sci.shape, dtype=bool)
@@ -252,6 +255,34 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
         params["interp_gap"] = int(interp_gap)
     return ClipResult(sci=out_sci, err=out_err, flags=flags, layer_map=layer_map,
                       method=method, params=params)
+
+
+def _clip_paper_median(sci, err, layer_map, excluded, *, sigma, maxiters, block_planes):
+    """Paper mode as the notebooks run it, working in place on copies of the cubes.
+
+    Each plane is independent, so blocks need no halo and the groups are taken
+    straight from the flattened spatial axis (no compaction round trip).
+    """
+    nw, ny, nx = sci.shape
+    out_sci = sci.copy()
+    out_err = err.copy()
+    flags = np.zeros(sci.shape, dtype=bool)
+    flat_sci = out_sci.reshape(nw, ny * nx)
+    flat_err = out_err.reshape(nw, ny * nx)
+    flat_flags = flags.reshape(nw, ny * nx)
+    labels = layer_map.ravel()
+    groups = [np.flatnonzero(labels == g) for g in np.unique(labels) if g != EXCLUDED]
+    for start in range(0, nw, block_planes):
+        planes = slice(start, min(start + block_planes, nw))
+        bad = ~np.isfinite(flat_sci[planes])
+        if excluded is not None:
+            bad |= np.asarray(excluded[planes], dtype=bool).reshape(bad.shape)
+        flat_flags[planes] = clip_block_paper(flat_sci[planes], flat_err[planes], bad,
+                                              groups, sigma=sigma, maxiters=maxiters)
+    return ClipResult(sci=out_sci, err=out_err, flags=flags, layer_map=layer_map,
+                      method="paper",
+                      params={"sigma": float(sigma), "replace": "median",
+                              "maxiters": maxiters})
 
 
 def _replace(y, e, flags, usable, pred, replace, groups, interp_gap):

@@ -80,7 +80,7 @@ def sigma_clip_bounds(sorted_rows, n_valid, *, sigma=5.0, maxiters=5):
     # data sit far from zero; run sums come from np.add.reduceat over the flat rows.
     shift = np.nan_to_num(_run_median(sorted_rows, start, stop))
     # A trailing zero lets the last run end at the end of the flat array.
-    shifted = np.append((sorted_rows - shift[:, None].astype(sorted_rows.dtype)).ravel(), 0)
+    shifted = np.append((sorted_rows - shift[:, None]).ravel(), 0.0)
     shifted_sq = shifted * shifted
 
     def run_sums(active, a, b):
@@ -90,6 +90,15 @@ def sigma_clip_bounds(sorted_rows, n_valid, *, sigma=5.0, maxiters=5):
         s1 = np.add.reduceat(shifted, edges, dtype=float)[0::2]
         s2 = np.add.reduceat(shifted_sq, edges, dtype=float)[0::2]
         return s1, s2
+
+    def two_pass(active, a, b, count):
+        # Exact fallback where the one-pass variance would lose the spread.
+        values = sorted_rows[active].astype(float)
+        pos = np.arange(n)[None, :]
+        in_run = (pos >= a[:, None]) & (pos < b[:, None])
+        mean = np.where(in_run, values, 0.0).sum(axis=1) / count
+        dev = np.where(in_run, values - mean[:, None], 0.0)
+        return (dev * dev).sum(axis=1) / count
 
     lower = np.full(n_rows, np.nan)
     upper = np.full(n_rows, np.nan)
@@ -101,8 +110,11 @@ def sigma_clip_bounds(sorted_rows, n_valid, *, sigma=5.0, maxiters=5):
         median = _run_median(sorted_rows, a, b, active)
         s1, s2 = run_sums(active, a, b)
         mean = s1 / count
-        var = s2 / count - mean * mean
-        std = np.sqrt(np.maximum(var, 0.0))
+        var = np.maximum(s2 / count - mean * mean, 0.0)
+        loose = mean * mean > 1e6 * var
+        if loose.any():
+            var[loose] = two_pass(active[loose], a[loose], b[loose], count[loose])
+        std = np.sqrt(var)
         lo, hi = median - sigma * std, median + sigma * std
         lower[active], upper[active] = lo, hi
         # The values kept are those inside [lo, hi] within the current run.
