@@ -130,3 +130,9 @@ def test_bad_arguments(rng):
         clip_cube(sci, err, layer_map, method="nonsense")
     with pytest.raises(OptionError, match="--sigma"):
         clip_cube(sci, err, layer_map, method="paper", sigma=-1)
+
+
+def test_threads_do_not_change_the_result(rng):
+    sci, err, layer_map = _cube(rng, "f4")
+    result = clip_cube(sci, err, layer_map, method="paper", block_planes=9, threads=2)
+    _assert_same(result, paper_loop(sci, err, layer_map))

@@ -80,7 +80,9 @@ def sigma_clip_bounds(sorted_rows, n_valid, *, sigma=5.0, maxiters=5):
     # data sit far from zero; run sums come from np.add.reduceat over the flat rows.
     shift = np.nan_to_num(_run_median(sorted_rows, start, stop))
     # A trailing zero lets the last run end at the end of the flat array.
-    shifted = np.append((sorted_rows - shift[:, None]).ravel(), 0.0)
+    shifted = np.empty(n_rows * n + 1)
+    np.subtract(sorted_rows, shift[:, None], out=shifted[:-1].reshape(n_rows, n))
+    shifted[-1] = 0.0
     shifted_sq = shifted * shifted
 
     def run_sums(active, a, b):
@@ -157,7 +159,7 @@ def _rows_needing_clip(block, bad, sigma):
     The test costs a handful of O(n) reductions and no sort. A 0.1% margin covers
     rounding.
     """
-    if bad.any():
+    if bad is not None and bad.any():
         valid = ~bad
         data = np.where(valid, block, 0)
         n = valid.sum(axis=1)
@@ -206,9 +208,10 @@ def clip_block_paper(sci, err, excluded, groups, *, sigma=5.0, maxiters=5):
     ----------
     sci, err : ndarray, shape (n_planes, n_spaxels)
         Flux and uncertainty with the spatial axes flattened; modified in place.
-    excluded : ndarray of bool, shape (n_planes, n_spaxels)
+    excluded : ndarray of bool, shape (n_planes, n_spaxels), or None
         True for voxels with no usable data; must include every non-finite SCI
-        value. Never flagged and not part of any statistic.
+        value (None: every voxel is finite and usable). Never flagged and not part
+        of any statistic.
     groups : list of ndarray of int
         Spaxel indices (into the flattened axis) of each group to clip separately.
     sigma : float
@@ -229,10 +232,11 @@ def clip_block_paper(sci, err, excluded, groups, *, sigma=5.0, maxiters=5):
         if cols.size == 0:
             continue
         block = np.take(sci, cols, axis=1)
-        bad = np.take(excluded, cols, axis=1)
+        bad = None if excluded is None else np.take(excluded, cols, axis=1)
         rows = _rows_needing_clip(block, bad, sigma)
         if rows.size:
-            pending.append((cols, rows, np.where(bad[rows], np.nan, block[rows])))
+            sub = block[rows] if bad is None else np.where(bad[rows], np.nan, block[rows])
+            pending.append((cols, rows, sub))
     if not pending:
         return flags
     width = max(p[0].size for p in pending)
