@@ -234,7 +234,7 @@ def auto_layer_map(snr, *, threshold=3.0, n_layers=3, min_island=4, sigma=5.0,
         peak = f"{np.max(finite):.2f}" if finite.size else "n/a"
         raise EmptyTargetError(
             f"no spaxel has S/N >= {threshold:g} (peak S/N {peak}); "
-            "check the line, redshift and window, or lower the threshold"
+            "check the line, redshift and window, or lower --snr-threshold"
         )
     edges = split_layers(snr[target], n_layers, min_size=min_clippable_size(sigma))
     layer_map = np.zeros(snr.shape, dtype=np.int16)

@@ -268,7 +268,7 @@ def build_mask(snrmap, spec, *, no_data=None, celestial_wcs=None, wmap=None):
         peak = f"{finite.max():.2f}" if finite.size else "n/a"
         raise EmptyTargetError(
             f"no spaxel has S/N >= {spec.threshold:g} (peak S/N {peak}); "
-            "check the line, redshift and window, or lower the threshold")
+            "check the line, redshift and window, or lower --snr-threshold")
     target = drop_small_islands(initial, int(spec.min_island))
     if spec.keep_regions:
         target &= _region_union(spec.keep_regions, shape, celestial_wcs, "keep_regions")
