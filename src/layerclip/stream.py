@@ -14,11 +14,13 @@ the whole cube), which the tests check.
 """
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .clip import METHODS, clip_cube, halo_planes
+from .errors import LayerclipWarning
 from .io.cube import Cube
 from .layers import EXCLUDED
 
@@ -239,6 +241,14 @@ def clean_source(source, output_path, *, method=None, sigma=5.0, maxiters=5, lay
     halo = halo_planes(method, **params)  # refuses an unknown method before any copying
     if block_planes is None:
         block_planes = auto_block_planes(source.shape, method=method, halo=halo)
+    need_gb = (int(block_planes) + 2 * halo) * int(np.prod(source.shape[1:])) \
+        * _BYTES_PER_VOXEL.get(method, 500) / 2**30
+    if need_gb > 1:
+        warnings.warn(
+            f"--method {method} on {source.shape[1]} x {source.shape[2]} planes needs about "
+            f"{need_gb:.1f} GB of working memory per block of {block_planes} planes "
+            f"(+{2 * halo} halo); --method paper needs far less",
+            LayerclipWarning, stacklevel=2)
     if layers is not None:
         info = LayerMapInfo(layer_map=read_layer_map(layers, source.shape[1:]),
                             source=f"file {Path(layers).name}")
