@@ -78,8 +78,9 @@ def regions_mask(regions, shape, *, wcs=None, option="region file"):
         True for spaxels whose centre is inside.
     """
     if isinstance(regions, (str, Path)):
-        option = f"{option} {regions}"
+        regions_path = regions
         regions = read_regions(regions, option=option)
+        option = f"{option} {regions_path}"
     include = np.zeros(shape, dtype=bool)
     exclude = np.zeros(shape, dtype=bool)
     for region in regions:
