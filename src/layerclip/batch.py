@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .errors import LayerclipError, OptionError, OutputError
+from .errors import LayerclipError, OptionError
 
 __all__ = ["Job", "JobResult", "run_job", "run_batch", "jobs_from_recipes", "job_fingerprint",
            "input_digest", "output_is_current", "summary_table", "RECIPE_KEY", "INPUT_KEY"]
@@ -157,28 +157,6 @@ def job_fingerprint(job):
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _entry_layers(entry, *, overwrite, figure):
-    """The layer-map file of a recipe entry, built and written as ``clean_recipe`` does."""
-    from .io import read_cube
-    from .masks import write_mask_products
-    from .recipe import _same_layer_map, build_layer_map
-
-    if entry.layers_file is not None:
-        return entry.layers_file
-    cube = read_cube(entry.input)
-    result = build_layer_map(entry, cube=cube)
-    layers = entry.products()["layers"]
-    if layers.exists() and _same_layer_map(layers, result.layer_map):
-        log.info("%s: reusing identical layer map %s", entry.name, layers)
-    else:
-        if layers.exists() and not overwrite:
-            raise OutputError(f"{layers}: exists and differs from the layer map the recipe "
-                              "makes now (use --overwrite to replace it)")
-        write_mask_products(result, cube, entry.mask_dir, overwrite=True, figure=figure,
-                            title=entry.name)
-    return layers
-
-
 def jobs_from_recipes(paths, *, names=None, figure=True):
     """One :class:`Job` per cube of the recipe files ``paths``.
 
@@ -241,6 +219,7 @@ def run_job(job, *, overwrite=False):
     JobResult
     """
     from .pipeline import clean_file
+    from .recipe import entry_layer_map_file
 
     start = time.perf_counter()
     worker = f"pid {os.getpid()}"
@@ -257,8 +236,8 @@ def run_job(job, *, overwrite=False):
                               "remove it or use --overwrite")
         if job.entry is not None:
             Path(job.output).parent.mkdir(parents=True, exist_ok=True)
-            options["layers"] = _entry_layers(job.entry, overwrite=overwrite,
-                                              figure=job.figure)
+            options["layers"] = entry_layer_map_file(job.entry, overwrite=overwrite,
+                                                     figure=job.figure)
         cards = {RECIPE_KEY: (recipe_hash, "layerclip settings sha256"),
                  INPUT_KEY: (input_hash, "layerclip input sha256")}
         result, _ = clean_file(job.input, job.output, overwrite=True, primary_cards=cards,

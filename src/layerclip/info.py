@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CubeFormatError, LayerclipError
-from .io.product import _layerclip_history, parse_history
+from .io.product import layerclip_history, parse_history
 from .io.undo import HEADERS_EXTNAME, UNDO_EXTNAME, read_undo
 
 __all__ = ["CleanedInfo", "file_info"]
@@ -129,7 +129,7 @@ def file_info(path):
     out = CleanedInfo(path=path)
     with open_fits(path) as hdul:
         for hdu in hdul:
-            lines = _layerclip_history(hdu.header)
+            lines = layerclip_history(hdu.header)
             if lines:
                 out.history = lines
                 break

@@ -102,7 +102,7 @@ from .errors import InputFileError, OptionError, OutputError
 from .masks.build import EDIT_OPS, MaskSpec
 
 __all__ = ["Recipe", "CubeEntry", "load_recipe", "build_layer_map", "mask_recipe",
-           "clean_recipe", "SCHEMA"]
+           "clean_recipe", "entry_layer_map_file", "SCHEMA"]
 
 log = logging.getLogger(__name__)
 
@@ -499,6 +499,32 @@ def _same_layer_map(path, layer_map):
     return old.dtype == layer_map.dtype and np.array_equal(old, layer_map)
 
 
+def entry_layer_map_file(entry, *, overwrite=False, figure=True, title=None):
+    """The layer-map file a cube entry is cleaned with, built and written if needed.
+
+    A ``[layers] file`` given in the recipe is used as is. Otherwise the map is
+    rebuilt from the recipe; an existing ``<cube>_layers.fits`` in the mask folder
+    is reused when identical and replaced only with ``overwrite`` when it differs.
+    """
+    from .io import read_cube
+    from .masks import write_mask_products
+
+    if entry.layers_file is not None:
+        return entry.layers_file
+    cube = read_cube(entry.input)
+    result = build_layer_map(entry, cube=cube)
+    layers = entry.products()["layers"]
+    if layers.exists() and _same_layer_map(layers, result.layer_map):
+        log.info("%s: reusing identical layer map %s", entry.name, layers)
+    else:
+        if layers.exists() and not overwrite:
+            raise OutputError(f"{layers}: exists and differs from the layer map the recipe "
+                              "makes now (use --overwrite to replace it)")
+        write_mask_products(result, cube, entry.mask_dir, overwrite=True, figure=figure,
+                            title=title or entry.name)
+    return layers
+
+
 def clean_recipe(recipe, *, names=None, overwrite=False, figure=True):
     """Clean each (selected) cube of a recipe.
 
@@ -511,27 +537,12 @@ def clean_recipe(recipe, *, names=None, overwrite=False, figure=True):
     -------
     list of (CubeEntry, ClipResult, LayerMapInfo)
     """
-    from .io import read_cube
-    from .masks import write_mask_products
     from .pipeline import clean_file
 
     out = []
     for entry in recipe.select(names):
-        layers = entry.layers_file
-        if layers is None:
-            cube = read_cube(entry.input)
-            result = build_layer_map(entry, cube=cube)
-            products = entry.products()
-            layers = products["layers"]
-            if layers.exists() and _same_layer_map(layers, result.layer_map):
-                log.info("%s: reusing identical layer map %s", entry.name, layers)
-            else:
-                if layers.exists() and not overwrite:
-                    raise OutputError(f"{layers}: exists and differs from the layer map the "
-                                      "recipe makes now (use --overwrite to replace it)")
-                write_mask_products(result, cube, entry.mask_dir, overwrite=True,
-                                    figure=figure, title=f"{recipe.name}: {entry.name}")
-            del cube
+        layers = entry_layer_map_file(entry, overwrite=overwrite, figure=figure,
+                                      title=f"{recipe.name}: {entry.name}")
         entry.output.parent.mkdir(parents=True, exist_ok=True)
         res, info = clean_file(entry.input, entry.output, layers=layers, overwrite=overwrite,
                                **entry.clean_options())

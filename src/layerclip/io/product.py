@@ -117,7 +117,7 @@ def _extension(hdul, name):
     return None
 
 
-def _layerclip_history(header):
+def layerclip_history(header):
     """The ``layerclip`` HISTORY lines, re-joined where FITS split them over cards."""
     lines = []
     joining = False
@@ -172,6 +172,6 @@ def read_product(path, *, cube=None):
                     edges = np.array([*lo[:n], layers.header[f"SNRHI{n}"]], dtype=float)
     except OSError as exc:
         raise InputFileError(f"{path}: not a readable FITS file ({exc})") from None
-    history = _layerclip_history(cube.header)
+    history = layerclip_history(cube.header)
     return CleanedProduct(cube=cube, flags=flags, layer_map=layer_map, snr_edges=edges,
                           history=history, params=parse_history(history), path=path)
