@@ -133,8 +133,8 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
     block_planes : int, optional
         Planes processed per call (memory bound; results do not depend on it).
     threads : int, optional
-        Paper mode with median replacement: blocks of planes processed by this many
-        threads (default 1; results do not depend on it).
+        Threads sharing the work (default 1; results do not depend on it): blocks
+        of planes in paper mode, chunks of the neighbour fits in robust mode.
     replace : {"model", "median", "interp", "nan"}, optional
         Value given to flagged voxels; default ``"model"`` for robust, ``"median"``
         for paper. ``"model"``: the robust prediction (the spaxel's own line
@@ -236,7 +236,7 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
             ef = e.astype(float)
             usable = ~bad & np.isfinite(ef) & (ef > 0)
             f, pred = clip_block_robust(yf, ef, usable, neighbours, sigma=sigma,
-                                        **robust_opts)
+                                        threads=int(threads), **robust_opts)
             y, e = _replace(y, e, f, usable, pred, replace, groups, interp_gap)
         keep = slice(start - lo, stop - lo)
         cols = flat_flags[start:stop]

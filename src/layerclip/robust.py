@@ -55,6 +55,8 @@ result, bit for bit, as processing it whole. Windowed sums are computed with
 on where the array starts (a running cumulative sum would).
 """
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from scipy import ndimage
 
@@ -75,6 +77,12 @@ DEFAULTS = {
 # Pass one's fractional model error; pass two's comes from the data (CHECK_PLANES).
 FIRST_PASS_ERROR = 0.1
 CHECK_PLANES = 3
+
+# Chunks of the neighbour fits: planes per chunk (each chunk re-reads the window
+# half-width on either side, so not too few) and elements (planes x spaxels) per
+# chunk, which bounds the fit's temporaries (~30 float64 buffers per chunk).
+_CHUNK_ELEMENTS = 262144
+_CHUNK_PLANES = 384
 
 _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
@@ -141,10 +149,10 @@ def _window_kernel(half_window, leave_out):
     return (np.abs(offsets) > leave_out).astype(float)
 
 
-def _wsum(array, kernel):
+def _wsum(array, kernel, out=None):
     # correlate1d: each output is a fixed-order sum over the kernel, so a plane's
     # result does not depend on where the block starts (bit-for-bit block equality).
-    return ndimage.correlate1d(array, kernel, axis=0, mode="constant", cval=0.0)
+    return ndimage.correlate1d(array, kernel, axis=0, output=out, mode="constant", cval=0.0)
 
 
 def _shift(array, step, fill=0.0):
@@ -156,6 +164,19 @@ def _shift(array, step, fill=0.0):
         out[-step:] = array[:step]
     else:
         out[:] = array
+    return out
+
+
+def _shift_stack(array, steps):
+    """``np.stack([_shift(array, s, np.nan) for s in steps])`` without the temporaries."""
+    out = np.full((len(steps),) + array.shape, np.nan)
+    for j, step in enumerate(steps):
+        if step > 0:
+            out[j, :-step] = array[step:]
+        elif step < 0:
+            out[j, -step:] = array[:step]
+        else:
+            out[j] = array
     return out
 
 
@@ -179,22 +200,48 @@ def _derivative(x, ex2, good):
 
 def masked_median(values, valid):
     """Median along axis 0 of ``values`` where ``valid``; NaN where nothing is valid."""
-    data = np.where(valid, values, np.inf)
-    data.sort(axis=0)
+    return _masked_median(values, valid, _median_ranks(valid))
+
+
+def _median_ranks(valid):
+    """Count of valid values along axis 0 and the ranks of the two middle ones."""
     count = valid.sum(axis=0)
     lo = np.clip((count - 1) // 2, 0, None)
     hi = np.clip(count // 2, 0, None)
-    a = np.take_along_axis(data, lo[None], axis=0)[0]
-    b = np.take_along_axis(data, hi[None], axis=0)[0]
+    return count, lo[None], hi[None]
+
+
+def _masked_median(values, valid, ranks, overwrite=False):
+    """:func:`masked_median` with precomputed ranks; ``overwrite`` sorts ``values`` in place."""
+    count, lo, hi = ranks
+    if overwrite:
+        data = values
+        np.copyto(data, np.inf, where=~valid)
+    else:
+        data = np.where(valid, values, np.inf)
+    data.sort(axis=0)
+    a = np.take_along_axis(data, lo, axis=0)[0]
+    b = np.take_along_axis(data, hi, axis=0)[0]
     with np.errstate(invalid="ignore"):
         out = 0.5 * (a + b)
     out[count == 0] = np.nan
     return out
 
 
+def _two_medians(first, second, valid, threads):
+    """Masked medians of two disposable stacks sharing ``valid`` (sorted in place)."""
+    ranks = _median_ranks(valid)
+    if threads > 1:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            later = pool.submit(_masked_median, second, valid, ranks, True)
+            return _masked_median(first, valid, ranks, True), later.result(), ranks
+    return (_masked_median(first, valid, ranks, True),
+            _masked_median(second, valid, ranks, True), ranks)
+
+
 def _predict(y, e, good, neighbours, *, half_window, leave_out, model_error, min_points=6,
              template=None, fit_ok=None, eval_ok=None, strict_ok=None, spread_weight=1.0,
-             check_planes=3, fit_scale=True):
+             check_planes=3, fit_scale=True, threads=1):
     """One pass of neighbour-template predictions for a (planes, m) block.
 
     Parameters
@@ -211,6 +258,9 @@ def _predict(y, e, good, neighbours, *, half_window, leave_out, model_error, min
     strict_ok : ndarray of bool, optional
         Preferred evaluation voxels: where at least two candidates are strict, only
         strict candidates count (default ``eval_ok``).
+    threads : int
+        Threads for the neighbour fits (chunks of planes and spaxels) and the paired
+        medians; the result is the same, bit for bit, for any value.
     """
     kernel = _window_kernel(half_window, leave_out)
     w_s = good.astype(float)
@@ -229,71 +279,194 @@ def _predict(y, e, good, neighbours, *, half_window, leave_out, model_error, min
     e2 = np.where(good, e * e, 0.0)
     e2_here = np.where(np.isfinite(e), e * e, 0.0)
     e2_all = np.where(eval_ok, e * e, 0.0)
+    # Everything that depends on the neighbour spectrum alone (its derivative, its
+    # noise, where a fit may use it) is computed once for all spaxels and gathered
+    # per neighbour. The fits then run over chunks of planes (each padded by the
+    # window half-width, so every windowed sum is the same fixed-order sum as over
+    # the whole block), which keeps the temporaries small and in cache. The
+    # arithmetic, and so every bit of the result, is that of a whole-block evaluation.
+    d_all, ed2_all, gd_all = _derivative(t0, e2_all, eval_ok)
+    fs_all = fit_ok & _shift(fit_ok, 1, False) & _shift(fit_ok, -1, False)
+    n_planes, m = y.shape
+    pad = kernel.size // 2
+    chunk = _CHUNK_PLANES
+    col_chunk = max(64, _CHUNK_ELEMENTS // (chunk + 2 * pad))
+    gathers = []
     for i in range(n_cand):
-        nb = neighbours[i]
-        has = nb >= 0
-        if not has.any():
-            continue
-        idx = np.where(has, nb, 0)
-        x = np.where(has[None], t0[:, idx], 0.0)
-        gx = eval_ok[:, idx] & has[None]
-        ex2 = np.where(gx, e2_all[:, idx], 0.0)
-        d, ed2, gd = _derivative(x, ex2, gx)
-        fx = fit_ok[:, idx] & has[None]
-        w = w_s * (fx & _shift(fx, 1, False) & _shift(fx, -1, False))
-        sw = _wsum(w, kernel)
-        wx, wd, wy = w * x, w * d, w * y0
-        sx, sd, sy = _wsum(wx, kernel), _wsum(wd, kernel), _wsum(wy, kernel)
-        sxx, sdd, sxd = _wsum(wx * x, kernel), _wsum(wd * d, kernel), _wsum(wx * d, kernel)
-        sxy, sdy = _wsum(wx * y0, kernel), _wsum(wd * y0, kernel)
-        syy = _wsum(wy * y0, kernel)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            inv = 1.0 / np.maximum(sw, 1.0)
-            xm, dm, ym = sx * inv, sd * inv, sy * inv
-            cxx = sxx - sx * xm
-            cdd = sdd - sd * dm
-            cxd = sxd - sx * dm
-            cxy = sxy - sx * ym
-            cdy = sdy - sd * ym
-            det = cxx * cdd - cxd * cxd
-            # full fit where the 2x2 system is well conditioned, scale-only otherwise
-            ok2 = det > 1e-9 * np.maximum(cxx * cdd, 1e-300)
-            a2 = (cxy * cdd - cdy * cxd) / np.where(ok2, det, 1.0)
-            c2 = (cdy * cxx - cxy * cxd) / np.where(ok2, det, 1.0)
-            a1 = cxy / np.where(cxx > 0, cxx, 1.0)
-            a = np.where(ok2, a2, np.where(cxx > 0, a1, 0.0))
-            c = np.where(ok2, c2, 0.0)
-            zx, zd = x - xm, d - dm
-            pred = ym + a * zx + c * zd
-            # Noise carried in by the neighbour's own voxels, plus the uncertainty of
-            # the fit at this point: large where the fit extrapolates (e.g. the
-            # spaxel's own line core is flagged and only its wings constrain a, c).
-            lever = np.where(ok2, (zx * zx * cdd - 2 * zx * zd * cxd + zd * zd * cxx)
-                             / np.where(ok2, det, 1.0),
-                             np.where(cxx > 0, zx * zx / np.where(cxx > 0, cxx, 1.0), 0.0))
-            # The fit's own residual scale, where it exceeds the noise: a spaxel
-            # the neighbour's spectrum does not describe in this window (another
-            # shape, a residual spoiling the fit) gets a wide prediction interval.
-            rss = (syy - sy * ym) - a * cxy - c * cdy
-            dof = np.maximum(sw - 3.0, 1.0)
-            resid2 = np.maximum(rss / dof, e2_here) if fit_scale else e2_here
-            var = a * a * ex2 + c * c * ed2 + resid2 * (inv + lever) \
-                + np.maximum(resid2 - e2_here, 0.0)
-        cand[i] = pred
-        cvar[i] = var
-        cvalid[i] = gx & gd & (sw >= min_points)
-        cstrict[i] = cvalid[i] & strict_ok[:, idx]
+        has = neighbours[i] >= 0
+        if has.any():
+            missing = ~has
+            gathers.append((i, np.where(has, neighbours[i], 0),
+                            missing if missing.any() else None))
+
+    def fit_chunk(start):
+        # one chunk of planes and spaxels, with its own buffers (chunks may run in
+        # threads and write disjoint parts of cand, cvar, cvalid, cstrict)
+        k0, c0 = start
+        k1, c1 = min(k0 + chunk, n_planes), min(c0 + col_chunk, m)
+        lo, hi = max(k0 - pad, 0), min(k1 + pad, n_planes)
+        nr, nc = k1 - k0, c1 - c0
+        inner, cols = slice(k0 - lo, k1 - lo), slice(c0, c1)
+        ws, y0s = w_s[lo:hi, cols], y0[lo:hi, cols]
+        e2h = e2_here[k0:k1, cols]
+        S = {name: np.empty((hi - lo, nc)) for name in  # noqa: N806 - slab buffers
+             ("w", "wx", "wd", "wy", "t", "sw", "sx", "sd", "sy", "sxx", "sdd", "sxd",
+              "sxy", "sdy", "syy")}
+        R = {name: np.empty((nr, nc)) for name in  # noqa: N806 - inner-plane buffers
+             ("t", "u", "inv", "xm", "dm", "ym", "p", "det", "a", "c", "cxxs", "wx", "wd")}
+        B = {name: np.empty((nr, nc), dtype=bool)  # noqa: N806
+             for name in ("ok2", "pos", "nok2", "npos")}
+        for i, idx_all, missing_all in gathers:
+            idx = idx_all[cols]
+            missing = None
+            if missing_all is not None and missing_all[cols].any():
+                missing = missing_all[cols]
+
+            def gather(array, fill, rows, idx=idx, missing=missing):
+                out = array[rows, idx]
+                if missing is not None:
+                    out[:, missing] = fill
+                return out
+
+            slab, rows = slice(lo, hi), slice(k0, k1)
+            x = gather(t0, 0.0, slab)
+            d = gather(d_all, 0.0, slab)
+            fx = gather(fs_all, False, slab)
+            w, wx, wd, wy, ts = S["w"], S["wx"], S["wd"], S["wy"], S["t"]
+            np.multiply(ws, fx, out=w)
+            np.multiply(w, x, out=wx)
+            np.multiply(w, d, out=wd)
+            np.multiply(w, y0s, out=wy)
+            sums = {}
+            for name, src in (("sw", w), ("sx", wx), ("sd", wd), ("sy", wy)):
+                sums[name] = _wsum(src, kernel, S[name])[inner]
+            for name, p1, p2 in (("sxx", wx, x), ("sdd", wd, d), ("sxd", wx, d),
+                                 ("sxy", wx, y0s), ("sdy", wd, y0s), ("syy", wy, y0s)):
+                sums[name] = _wsum(np.multiply(p1, p2, out=ts), kernel, S[name])[inner]
+            sw, sx, sd, sy = sums["sw"], sums["sx"], sums["sd"], sums["sy"]
+            sxx, sdd, sxd = sums["sxx"], sums["sdd"], sums["sxd"]
+            sxy, sdy, syy = sums["sxy"], sums["sdy"], sums["syy"]
+            x, d = x[inner], d[inner]
+            gx = gather(eval_ok, False, rows)
+            ex2 = gather(e2_all, 0.0, rows)
+            ed2 = gather(ed2_all, 0.0, rows)
+            gd = gather(gd_all, False, rows)
+            t, u = R["t"], R["u"]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                inv = np.divide(1.0, np.maximum(sw, 1.0, out=R["inv"]), out=R["inv"])
+                xm = np.multiply(sx, inv, out=R["xm"])
+                dm = np.multiply(sd, inv, out=R["dm"])
+                ym = np.multiply(sy, inv, out=R["ym"])
+                # the centred sums overwrite the raw ones (each raw sum is used once)
+                cxx = np.subtract(sxx, np.multiply(sx, xm, out=t), out=sxx)
+                cdd = np.subtract(sdd, np.multiply(sd, dm, out=t), out=sdd)
+                cxd = np.subtract(sxd, np.multiply(sx, dm, out=t), out=sxd)
+                cxy = np.subtract(sxy, np.multiply(sx, ym, out=t), out=sxy)
+                cdy = np.subtract(sdy, np.multiply(sd, ym, out=t), out=sdy)
+                p = np.multiply(cxx, cdd, out=R["p"])
+                det = np.subtract(p, np.multiply(cxd, cxd, out=t), out=R["det"])
+                # full fit where the 2x2 system is well conditioned, scale-only otherwise
+                np.maximum(p, 1e-300, out=p)
+                np.multiply(1e-9, p, out=p)
+                ok2 = np.greater(det, p, out=B["ok2"])
+                nok2 = np.logical_not(ok2, out=B["nok2"])
+                np.putmask(det, nok2, 1.0)  # det is only used as the safe divisor below
+                pos = np.greater(cxx, 0, out=B["pos"])
+                npos = np.logical_not(pos, out=B["npos"])
+                cxxs = R["cxxs"]  # cxx where > 0, else 1 (safe divisor)
+                np.copyto(cxxs, cxx)
+                np.putmask(cxxs, npos, 1.0)
+                # a = ok2 ? (cxy*cdd - cdy*cxd)/det : (pos ? cxy/cxx : 0)
+                a = np.divide(cxy, cxxs, out=R["a"])
+                np.putmask(a, npos, 0.0)
+                np.multiply(cxy, cdd, out=t)
+                np.subtract(t, np.multiply(cdy, cxd, out=u), out=t)
+                np.divide(t, det, out=t)
+                np.copyto(a, t, where=ok2)
+                # c = ok2 ? (cdy*cxx - cxy*cxd)/det : 0
+                c = np.multiply(cdy, cxx, out=R["c"])
+                np.subtract(c, np.multiply(cxy, cxd, out=u), out=c)
+                np.divide(c, det, out=c)
+                np.putmask(c, nok2, 0.0)
+                zx = np.subtract(x, xm, out=x)  # x, d: per-neighbour gathers, free to reuse
+                zd = np.subtract(d, dm, out=d)
+                pred = np.multiply(a, zx, out=cand[i, k0:k1, cols])
+                np.add(ym, pred, out=pred)
+                np.add(pred, np.multiply(c, zd, out=t), out=pred)
+                # Noise carried in by the neighbour's own voxels, plus the uncertainty of
+                # the fit at this point: large where the fit extrapolates (e.g. the
+                # spaxel's own line core is flagged and only its wings constrain a, c).
+                zx2 = np.multiply(zx, zx, out=R["wx"])
+                lever = np.multiply(zx2, cdd, out=R["wd"])
+                np.multiply(2, zx, out=t)
+                np.multiply(t, zd, out=t)
+                np.multiply(t, cxd, out=t)
+                np.subtract(lever, t, out=lever)
+                np.multiply(zd, zd, out=t)
+                np.multiply(t, cxx, out=t)
+                np.add(lever, t, out=lever)
+                np.divide(lever, det, out=lever)
+                np.divide(zx2, cxxs, out=t)
+                np.putmask(t, npos, 0.0)
+                np.copyto(lever, t, where=nok2)
+                # The fit's own residual scale, where it exceeds the noise: a spaxel
+                # the neighbour's spectrum does not describe in this window (another
+                # shape, a residual spoiling the fit) gets a wide prediction interval.
+                if fit_scale:
+                    rss = np.subtract(syy, np.multiply(sy, ym, out=t), out=syy)
+                    np.subtract(rss, np.multiply(a, cxy, out=t), out=rss)
+                    np.subtract(rss, np.multiply(c, cdy, out=t), out=rss)
+                    dof = np.subtract(sw, 3.0, out=u)
+                    np.maximum(dof, 1.0, out=dof)
+                    resid2 = np.divide(rss, dof, out=rss)
+                    np.maximum(resid2, e2h, out=resid2)
+                else:
+                    resid2 = e2h
+                var = np.multiply(a, a, out=cvar[i, k0:k1, cols])
+                np.multiply(var, ex2, out=var)
+                np.multiply(c, c, out=t)
+                np.multiply(t, ed2, out=t)
+                np.add(var, t, out=var)
+                np.add(inv, lever, out=t)
+                np.multiply(resid2, t, out=t)
+                np.add(var, t, out=var)
+                np.subtract(resid2, e2h, out=t)
+                np.maximum(t, 0.0, out=t)
+                np.add(var, t, out=var)
+            valid = np.greater_equal(sw, min_points, out=cvalid[i, k0:k1, cols])
+            valid &= gx
+            valid &= gd
+            np.logical_and(valid, gather(strict_ok, False, rows), out=cstrict[i, k0:k1, cols])
+
+    starts = [(k0, c0) for k0 in range(0, n_planes, chunk) for c0 in range(0, m, col_chunk)]
+    if threads > 1 and len(starts) > 1:
+        # chunks write disjoint planes of cand/cvar/cvalid/cstrict; numpy and
+        # correlate1d release the GIL, and the result does not depend on threads
+        with ThreadPoolExecutor(max_workers=int(threads)) as pool:
+            list(pool.map(fit_chunk, starts))
+    else:
+        for start in starts:
+            fit_chunk(start)
     use_strict = cstrict.sum(axis=0) >= 2
     cvalid = np.where(use_strict[None], cstrict, cvalid)
-    value = masked_median(cand, cvalid)
-    variance = masked_median(cvar, cvalid)
-    n_valid = cvalid.sum(axis=0)
+    ranks = _median_ranks(cvalid)
+    if threads > 1:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            later = pool.submit(_masked_median, cvar, cvalid, ranks, True)
+            value = _masked_median(cand, cvalid, ranks)
+            variance = later.result()
+    else:
+        value = _masked_median(cand, cvalid, ranks)
+        variance = _masked_median(cvar, cvalid, ranks, overwrite=True)
+    n_valid = ranks[0]
     # Candidates that disagree (contaminated or extrapolating fits, line shapes
     # that change between spaxels, e.g. an undersampled line shifted by a velocity
     # gradient) make the prediction uncertain. Their disagreement is systematic,
     # not independent noise, so the median is uncertain by about their robust
     # spread itself (not spread / sqrt(n)).
-    spread = 1.4826 * masked_median(np.abs(cand - value[None]), cvalid)
+    dev = np.subtract(cand, value[None], out=cand)  # cand is not needed any more
+    spread = 1.4826 * _masked_median(np.abs(dev, out=dev), cvalid, ranks, overwrite=True)
+    cand = cvar = dev = cvalid = cstrict = None  # noqa: F841 - free the candidate stacks
     variance = variance + np.where(n_valid > 0, spread_weight * spread * spread, 0.0)
     # fit-mean noise: the window mean of the spaxel itself (same for every candidate)
     kernel_own = kernel
@@ -326,11 +499,10 @@ def _predict(y, e, good, neighbours, *, half_window, leave_out, model_error, min
     miss = np.where(good & np.isfinite(value), np.abs(y - value), np.nan)
     expect = np.where(good, e * e + variance, np.nan)
     offsets = [o for o in range(-check_planes, check_planes + 1) if o != 0]
-    stack_miss = np.stack([_shift(miss, o, np.nan) for o in offsets])
-    stack_exp = np.stack([_shift(expect, o, np.nan) for o in offsets])
+    stack_miss = _shift_stack(miss, offsets)
+    stack_exp = _shift_stack(expect, offsets)
     ok = np.isfinite(stack_miss)
-    typical = masked_median(stack_miss, ok)
-    typical_exp = masked_median(stack_exp, ok)
+    typical, typical_exp, _ = _two_medians(stack_miss, stack_exp, ok, threads)
     with np.errstate(invalid="ignore"):
         excess = (1.4826 * typical) ** 2 - typical_exp
     variance = variance + np.where(np.isfinite(excess) & (excess > 0), excess, 0.0)
@@ -354,7 +526,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sigma=DEFAULTS["sigma"],
                       grow_sigma=DEFAULTS["grow_sigma"], half_window=DEFAULTS["half_window"],
                       leave_out=DEFAULTS["leave_out"], model_error=DEFAULTS["model_error"],
                       scale_window=DEFAULTS["scale_window"], grow=DEFAULTS["grow"],
-                      spread_weight=DEFAULTS["spread_weight"]):
+                      spread_weight=DEFAULTS["spread_weight"], threads=1):
     """Robust-mode flags for a block of spectra in compact (planes, spaxels) layout.
 
     Parameters
@@ -379,6 +551,9 @@ def clip_block_robust(y, e, usable, neighbours, *, sigma=DEFAULTS["sigma"],
         Half-width, in planes, of the median filter on the per-plane scale.
     grow : int
         Growing steps (each one plane / one spaxel).
+    threads : int
+        Threads sharing the neighbour fits over chunks of planes (default 1). The
+        result does not depend on it, bit for bit.
 
     Returns
     -------
@@ -404,7 +579,8 @@ def clip_block_robust(y, e, usable, neighbours, *, sigma=DEFAULTS["sigma"],
             # scale is inflated by it).
             value, variance = _predict(y, e, good, neighbours, half_window=half_window,
                                        leave_out=leave_out, model_error=FIRST_PASS_ERROR,
-                                       spread_weight=1.0, check_planes=0, fit_scale=False)
+                                       spread_weight=1.0, check_planes=0, fit_scale=False,
+                                       threads=threads)
         else:
             # Neighbour spectra: flagged voxels repaired with the previous prediction;
             # fits avoid flags and their neighbourhood (plane and spaxel), and
@@ -417,7 +593,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sigma=DEFAULTS["sigma"],
                                        leave_out=leave_out, model_error=model_error,
                                        template=template, fit_ok=near, eval_ok=usable,
                                        strict_ok=near, spread_weight=spread_weight,
-                                       check_planes=CHECK_PLANES)
+                                       check_planes=CHECK_PLANES, threads=threads)
         with np.errstate(invalid="ignore", divide="ignore"):
             rho = (y - value) / np.sqrt(e * e + variance)
         ok = usable & np.isfinite(rho)
