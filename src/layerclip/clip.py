@@ -202,12 +202,9 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
         return _clip_paper_median(sci, err, layer_map, excluded, sigma=sigma,
                                   maxiters=maxiters, block_planes=int(block_planes),
                                   threads=int(threads))
-    out_sci = sci.copy()
-    out_err = err.copy()
-    flags = np.zeros(sci.shape, dtype=bool)
-    flat_sci = out_sci.reshape(nw, ny * nx)
-    flat_err = out_err.reshape(nw, ny * nx)
-    flat_flags = flags.reshape(nw, ny * nx)
+    out_sci, out_err, flags = sci.copy(), err.copy(), np.zeros(sci.shape, dtype=bool)
+    # (planes, spaxels) views of the outputs, written in place block by block
+    flat_sci, flat_err, flat_flags = (a.reshape(nw, ny * nx) for a in (out_sci, out_err, flags))
     index, neighbours = neighbour_table(layer_map)
     labels = layer_map.ravel()[index]
     groups = [np.flatnonzero(labels == g) for g in np.unique(labels)]
@@ -270,12 +267,9 @@ def _clip_paper_median(sci, err, layer_map, excluded, *, sigma, maxiters, block_
     straight from the flattened spatial axis (no compaction round trip).
     """
     nw, ny, nx = sci.shape
-    out_sci = sci.copy()
-    out_err = err.copy()
-    flags = np.zeros(sci.shape, dtype=bool)
-    flat_sci = out_sci.reshape(nw, ny * nx)
-    flat_err = out_err.reshape(nw, ny * nx)
-    flat_flags = flags.reshape(nw, ny * nx)
+    out_sci, out_err, flags = sci.copy(), err.copy(), np.zeros(sci.shape, dtype=bool)
+    # (planes, spaxels) views of the outputs, written in place block by block
+    flat_sci, flat_err, flat_flags = (a.reshape(nw, ny * nx) for a in (out_sci, out_err, flags))
     labels = layer_map.ravel()
     groups = [np.flatnonzero(labels == g) for g in np.unique(labels) if g != EXCLUDED]
 
