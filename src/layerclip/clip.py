@@ -63,6 +63,10 @@ class ClipResult:
         return int(self.flags.sum())
 
 
+# Robust mode keeps about 80 bytes of working arrays per clipped voxel of a block.
+ROBUST_BLOCK_VOXELS = 8_000_000
+
+
 def halo_planes(method="robust", **params):
     """Planes on each side a block needs so that block-wise clipping equals whole-cube clipping.
 
@@ -104,7 +108,7 @@ def _as_float_cube(array, name):
 
 
 def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robust",
-              sigma=5.0, maxiters=5, excluded=None, block_planes=512, threads=1,
+              sigma=5.0, maxiters=5, excluded=None, block_planes=None, threads=1,
               replace: Literal["model", "median", "interp", "nan"] | None = None,
               grow=None, grow_sigma=None, model_error=None, half_window=None,
               interp_gap=INTERP_GAP):
@@ -132,9 +136,11 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
         excluded in any case. Excluded voxels are never flagged nor changed.
     block_planes : int, optional
         Planes processed per call (memory bound; results do not depend on it).
+        Default: 512 in paper mode; in robust mode the whole cube when it holds at
+        most ``ROBUST_BLOCK_VOXELS`` clipped voxels, else blocks of about that size.
     threads : int, optional
-        Threads sharing the work (default 1; results do not depend on it): blocks
-        of planes in paper mode, chunks of the neighbour fits in robust mode.
+        Paper mode: threads sharing the blocks of planes (default 1; results do not
+        depend on it). Robust mode runs in one thread.
     replace : {"model", "median", "interp", "nan"}, optional
         Value given to flagged voxels; default ``"model"`` for robust, ``"median"``
         for paper. ``"model"``: the robust prediction (the spaxel's own line
@@ -183,6 +189,9 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
     if excluded is not None and np.shape(excluded) != sci.shape:
         raise CubeFormatError(f"excluded mask shape {np.shape(excluded)} differs from "
                               f"sci shape {sci.shape}")
+    if block_planes is None:
+        m = max(int((layer_map >= 0).sum()), 1)
+        block_planes = 512 if method == "paper" else max(ROBUST_BLOCK_VOXELS // m, 64)
     if int(block_planes) < 1:
         raise OptionError(f"block_planes {block_planes!r}: expected a positive whole number")
     if int(interp_gap) < 1:
@@ -232,8 +241,8 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
             yf = y.astype(float)
             ef = e.astype(float)
             usable = ~bad & np.isfinite(ef) & (ef > 0)
-            f, pred = clip_block_robust(yf, ef, usable, neighbours, sigma=sigma,
-                                        threads=int(threads), **robust_opts)
+            f, pred = clip_block_robust(yf, ef, usable, neighbours, sky=labels == 0,
+                                        sigma=sigma, **robust_opts)
             y, e = _replace(y, e, f, usable, pred, replace, groups, interp_gap)
         keep = slice(start - lo, stop - lo)
         cols = flat_flags[start:stop]

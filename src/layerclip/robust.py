@@ -1,61 +1,82 @@
-"""Robust mode: per-voxel predictions from neighbouring spectra, in units of ERR.
+"""Robust mode: each voxel judged against a prediction from its neighbours' spectra.
 
-Paper mode compares every voxel with the median of its S/N layer in the same
-plane, with a standard-deviation scale. That cannot flag a lone outlier in a
-layer of fewer than ~25 spaxels, mixes spaxels of different noise, and treats
-real structure inside a layer (velocity gradients, a range of S/N) as outliers.
-Robust mode instead predicts every voxel from the spectra around it and asks
-whether the voxel is consistent with its prediction, in units of its own noise.
+Paper mode compares every voxel with the median of its S/N layer in the same plane,
+with a standard-deviation scale. That cannot flag a lone outlier in a layer of fewer
+than ~25 spaxels, mixes spaxels of different noise, and treats real structure inside
+a layer (velocity gradients, a range of S/N) as outliers. Robust mode asks instead
+whether a voxel agrees with what its surroundings predict, in units of its own noise.
 
-For a voxel at plane ``k`` of spaxel ``s`` and each of its (up to eight) spatial
-neighbours ``n``, the spectrum of ``s`` is fitted, over the planes
-``k-H..k+H`` *except* ``k-L..k+L``, as
+It works in two stages, so that the careful part runs only where it is needed.
 
-    s(j) ~ b + a * n(j) + c * n'(j)
+**Screen (every voxel).** A cosmic-ray residual spans 1-3 planes, a real line or
+continuum many. Each voxel is compared with the median of its own spectrum at
+``-3, -2, +2, +3`` planes (a baseline that ignores anything three planes wide or
+narrower)::
 
-where ``n'`` is the neighbour's derivative along wavelength. ``a`` scales the
-neighbour's line (or continuum) to the spaxel's brightness and ``c`` absorbs a
-sub-plane velocity shift or a phase shift of resampling "ringing". The fit
-evaluated at ``k`` is one candidate prediction; the prediction is the median of
-the candidates, so a cosmic-ray residual in up to three neighbours cannot drag
-it. Real emission is shared by neighbouring spaxels (the PSF spans several) and
-spans several planes (the line spread function), so the prediction follows it;
-a residual confined to 1-3 planes and 1-4 spaxels is absent from the fit window
-and from most neighbours, so it stands out. Where no neighbour is usable, the
-spaxel's own mean over the window is the prediction.
+    r = (x - baseline) / ERR
 
-The normalised residual is
+and ``r`` is divided by its robust scale in each plane (MAD over the sky spaxels,
+median-filtered along wavelength, never below the value ERR implies), which protects
+against an ERR array that underestimates the noise. Where the spectrum is faint and
+smooth this is already a sharp test. A voxel becomes a *candidate* for the careful
+test when ``|r|`` exceeds ``candidate_sigma`` or its baseline is brighter than
+``bright_snr`` x ERR (on a bright line or continuum the baseline cannot follow the
+spectrum's shape, so the screen alone decides nothing there).
 
-    rho = (s - p) / sqrt(ERR^2 + var(p))
+**Prediction (candidates only).** Real emission is shared by neighbouring spaxels
+(the PSF spans several) and has the same line profile there, shifted a little by
+velocity gradients; a residual in 1-4 spaxels is absent from most neighbours. Over
+the planes ``k-H..k+H`` except ``k`` itself, the candidate's spectrum is fitted by
+weighted least squares (weights 1/ERR^2) as a combination of five spectra built
+from its eight neighbours::
 
-where ``var(p)`` collects everything that makes the prediction uncertain: the
-noise the neighbours carry in; the fit's extrapolation (leverage) and, in pass
-two, its own residual scale where the neighbour does not describe the window;
-the spread of the candidates (neighbours on different sides of a velocity
-gradient, or an undersampled line, disagree: their spread itself, not spread /
-sqrt(n), because the disagreement is systematic); a fraction ``model_error`` of
-the prediction's local gradient plus curvature along wavelength; and, in pass
-two, how badly the prediction missed the spaxel's own voxels on the three planes
-each side (beyond their noise). Where no neighbour is usable the spaxel's own
-window mean is the prediction, uncertain by the spectrum's scatter in the window.
-``rho`` is divided by a robust (MAD) scale measured in each plane over all usable
-spaxels (median-filtered over a few planes, never below 1), which protects
-against ERR arrays that underestimate the noise. A voxel is flagged when
-``|rho| > sigma``. Pass one (conservative, no empirical terms) finds the gross
-outliers; pass two repeats the fits without them and their adjacent planes
-(neighbour spectra repaired with pass one's prediction, candidates next to a
-flag used only when fewer than two others exist). After each pass, flags grow
-to adjacent planes and adjacent spaxels whose ``rho`` has the same sign and
-exceeds ``grow_sigma``.
+    x(j) ~ c0 + c1 * edge(j) + c2 * diag(j) + c3 * (E - W)(j) + c4 * (N - S)(j)
 
-Every statistic uses only planes within a fixed distance (:func:`robust_halo`),
-so processing a cube in blocks of planes padded by that halo gives the same
-result, bit for bit, as processing it whole. Windowed sums are computed with
-:func:`scipy.ndimage.correlate1d`, whose sum for one output plane does not depend
-on where the array starts (a running cumulative sum would).
+``edge`` and ``diag`` are the summed spectra of the four edge and four corner
+neighbours (together they follow the spaxel's brightness and the PSF's curvature);
+the two differences carry the spatial gradient, and so the sub-plane line shift of
+a velocity gradient. The fit evaluated at ``k`` is the prediction. Its variance is
+the fit's propagated noise (leverage times the reduced chi-square, at least 1) plus
+``model_error`` times the excess, beyond noise, of the window's leave-one-out
+(PRESS) residuals: where the neighbours do not describe the spectrum (an
+undersampled line core, a strong velocity gradient) the voxel is judged against a
+correspondingly wider interval. Three safeguards keep one residual from faking
+the prediction:
+
+* the fit is also made without the planes on either side of ``k`` (the tails of a
+  residual spanning 2-3 planes), and the more precise of the two is kept; each
+  fit drops, once, a window point it misses by more than 4 ERR and four times its
+  typical miss;
+* neighbours that stand out from their own faint spectrum on plane ``k`` (the
+  screen), when they are a minority, are left out of the basis (a line would show
+  in most of them, a residual hits a few);
+* where the neighbours hold no signal on plane ``k`` (median below 3 ERR), the
+  median over neighbours of single-neighbour fits ``b + a n + c n'`` (without the
+  planes next to ``k``, leaving out neighbours that extrapolate) replaces the joint
+  fit when the two disagree beyond their uncertainties or the median is the more
+  precise: a joint fit on noise follows any residual its neighbours share.
+
+The normalised residual is ``z = (x - p) / sqrt(ERR^2 + var(p)) / scale``, and a
+voxel is flagged when ``|z| > sigma``; where no fit was made the screen's ``r``
+serves as ``z`` (on bright spectra, a voxel that cannot be fitted is left alone).
+
+**Passes and growing.** Flags grow to adjacent planes and spaxels whose ``z``
+has the same sign and exceeds ``grow_sigma`` (residuals often span 2-3 planes and
+several spaxels). Then, ``passes - 1`` times, every candidate near a flag is fitted
+again with the flagged voxels left out of its own
+window and repaired (by their prediction) in its neighbours' spectra, so one
+residual cannot hide or fake another; growing is repeated. On bright spectra a
+voxel stays flagged only if the first pass agrees (a later fit, with fewer planes,
+may misjudge real structure).
+
+The layer map still decides what is clipped (``-1`` spaxels are never touched nor
+used as neighbours), but no group statistic is used: a layer of any size can be
+clipped, and a spaxel placed in the "wrong" layer does no harm.
+
+Every statistic for a plane uses only planes within :func:`robust_halo`, and no
+sum depends on where a block starts, so clipping blocks padded by the halo gives
+the whole-cube result bit for bit.
 """
-
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import ndimage
@@ -65,44 +86,50 @@ __all__ = ["RobustPrediction", "clip_block_robust", "robust_halo", "neighbour_ta
 
 DEFAULTS = {
     "sigma": 5.0,
-    "grow_sigma": 3.0,
+    "grow_sigma": 3.5,
     "half_window": 7,
-    "leave_out": 0,
-    "model_error": 0.1,
-    "spread_weight": 1.0,
+    "model_error": 2.0,
     "scale_window": 3,
     "grow": 2,
+    "passes": 3,
+    "candidate_sigma": 3.5,
+    "bright_snr": 10.0,
 }
 
-# Pass one's fractional model error; pass two's comes from the data (CHECK_PLANES).
-FIRST_PASS_ERROR = 0.1
-CHECK_PLANES = 3
-
-# Chunks of the neighbour fits: planes per chunk (each chunk re-reads the window
-# half-width on either side, so not too few) and elements (planes x spaxels) per
-# chunk, which bounds the fit's temporaries (~30 float64 buffers per chunk).
-_CHUNK_ELEMENTS = 262144
-_CHUNK_PLANES = 384
-
+# (dy, dx) of the eight neighbours, in the order of neighbour_table's rows.
 _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+_EDGE = (1, 3, 4, 6)
+_DIAG = (0, 2, 5, 7)
+# Basis weights of the neighbours: rows are edge, diag, E - W, N - S.
+_BASIS = np.zeros((4, 8))
+_BASIS[0, list(_EDGE)] = 1.0
+_BASIS[1, list(_DIAG)] = 1.0
+_BASIS[2, 4], _BASIS[2, 3] = 1.0, -1.0
+_BASIS[3, 6], _BASIS[3, 1] = 1.0, -1.0
+# Planes of the spectral baseline, and the variance of a median of four unit normals.
+_BASELINE_OFFSETS = (-3, -2, 2, 3)
+_MEDIAN4_VAR = 0.2975
+# Most sky spaxels a plane's scale is measured on (every n-th, fixed by position).
+_SCALE_SPAXELS = 256
+_MIN_FIT_POINTS = 8
+# Neighbours whose median |value| / ERR on the plane is below this hold no signal.
+_QUIET = 3.0
 
 
 def robust_halo(*, half_window=DEFAULTS["half_window"], scale_window=DEFAULTS["scale_window"],
-                grow=DEFAULTS["grow"], interp_gap=0, **_ignored):
+                grow=DEFAULTS["grow"], passes=DEFAULTS["passes"], interp_gap=0, **_ignored):
     """Planes on each side that the robust result for one plane depends on.
 
-    Each of the two passes reads ``half_window + 5`` planes (fit window,
-    derivative, structure term, empirical model error), smooths its per-plane scale over
-    ``scale_window`` planes and grows flags by ``grow`` planes; pass two also
-    guards one plane around pass one's flags; interpolated replacement reads
+    The first pass reads the fit window (``half_window``) or the baseline and its
+    smoothed plane scale (``3 + scale_window``), whichever is wider, and its flags
+    grow ``grow`` planes; every later pass reads the flags and predictions of the
+    one before through its fit window and grows again; flagged voxels left without
+    a prediction are fitted once more; interpolated replacement reads
     ``interp_gap`` planes more.
     """
-    # one pass: fit window + derivative (H+1), structure term (+1), empirical model
-    # error from the prediction on the 3 planes each side (+3), plane scale (S),
-    # growing (g); pass two reads pass one's flags through the fit window plus a
-    # one-plane guard.
-    one_pass = int(half_window) + 2 + 3 + int(scale_window) + int(grow)
-    return 2 * one_pass + 2 + int(interp_gap)
+    h, g = int(half_window), int(grow)
+    first = max(h, max(_BASELINE_OFFSETS) + int(scale_window)) + g
+    return first + (int(passes) - 1) * (h + g) + h + 1 + int(interp_gap)
 
 
 def neighbour_table(layer_map):
@@ -135,7 +162,12 @@ def neighbour_table(layer_map):
 
 
 class RobustPrediction:
-    """Prediction, its variance and the normalised residual of one pass (compact layout)."""
+    """Prediction, its variance and the normalised residual (compact layout).
+
+    ``value`` and ``variance`` are NaN where no prediction was fitted (voxels the
+    screen settled); ``rho`` is the normalised residual used for every decision;
+    ``scale`` the per-plane robust scale.
+    """
 
     def __init__(self, value, variance, rho, scale):
         self.value = value
@@ -144,389 +176,285 @@ class RobustPrediction:
         self.scale = scale
 
 
-def _window_kernel(half_window, leave_out):
-    offsets = np.arange(-half_window, half_window + 1)
-    return (np.abs(offsets) > leave_out).astype(float)
-
-
-def _wsum(array, kernel, out=None):
-    # correlate1d: each output is a fixed-order sum over the kernel, so a plane's
-    # result does not depend on where the block starts (bit-for-bit block equality).
-    return ndimage.correlate1d(array, kernel, axis=0, output=out, mode="constant", cval=0.0)
-
-
-def _shift(array, step, fill=0.0):
-    """``out[k] = array[k + step]`` along axis 0, ``fill`` beyond the ends."""
-    out = np.full_like(array, fill)
-    if step > 0:
-        out[:-step] = array[step:]
-    elif step < 0:
-        out[-step:] = array[:step]
-    else:
-        out[:] = array
-    return out
-
-
-def _shift_stack(array, steps):
-    """``np.stack([_shift(array, s, np.nan) for s in steps])`` without the temporaries."""
-    out = np.full((len(steps),) + array.shape, np.nan)
-    for j, step in enumerate(steps):
-        if step > 0:
-            out[j, :-step] = array[step:]
-        elif step < 0:
-            out[j, -step:] = array[:step]
-        else:
-            out[j] = array
-    return out
-
-
-def _derivative(x, ex2, good):
-    """Derivative along wavelength: central where both sides are good, one-sided else.
-
-    Returns the derivative, its noise variance and where it is defined.
-    """
-    up_ok, down_ok = _shift(good, -1, False), _shift(good, 1, False)
-    up, down = _shift(x, -1), _shift(x, 1)
-    eup, edown = _shift(ex2, -1), _shift(ex2, 1)
-    both = up_ok & down_ok
-    only_up = up_ok & ~down_ok & good
-    only_down = down_ok & ~up_ok & good
-    d = np.where(both, 0.5 * (up - down),
-                 np.where(only_up, up - x, np.where(only_down, x - down, 0.0)))
-    ed2 = np.where(both, 0.25 * (eup + edown),
-                   np.where(only_up, eup + ex2, np.where(only_down, edown + ex2, 0.0)))
-    return d, ed2, both | only_up | only_down
-
-
 def masked_median(values, valid):
     """Median along axis 0 of ``values`` where ``valid``; NaN where nothing is valid."""
-    return _masked_median(values, valid, _median_ranks(valid))
-
-
-def _median_ranks(valid):
-    """Count of valid values along axis 0 and the ranks of the two middle ones."""
     count = valid.sum(axis=0)
-    lo = np.clip((count - 1) // 2, 0, None)
-    hi = np.clip(count // 2, 0, None)
-    return count, lo[None], hi[None]
-
-
-def _masked_median(values, valid, ranks, overwrite=False):
-    """:func:`masked_median` with precomputed ranks; ``overwrite`` sorts ``values`` in place."""
-    count, lo, hi = ranks
-    if overwrite:
-        data = values
-        np.copyto(data, np.inf, where=~valid)
-    else:
-        data = np.where(valid, values, np.inf)
+    data = np.where(valid, values, np.inf)
     data.sort(axis=0)
-    a = np.take_along_axis(data, lo, axis=0)[0]
-    b = np.take_along_axis(data, hi, axis=0)[0]
+    lo = np.clip((count - 1) // 2, 0, None)[None]
+    hi = np.clip(count // 2, 0, None)[None]
     with np.errstate(invalid="ignore"):
-        out = 0.5 * (a + b)
+        out = 0.5 * (np.take_along_axis(data, lo, axis=0)[0]
+                     + np.take_along_axis(data, hi, axis=0)[0])
     out[count == 0] = np.nan
     return out
 
 
-def _two_medians(first, second, valid, threads):
-    """Masked medians of two disposable stacks sharing ``valid`` (sorted in place)."""
-    ranks = _median_ranks(valid)
-    if threads > 1:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            later = pool.submit(_masked_median, second, valid, ranks, True)
-            return _masked_median(first, valid, ranks, True), later.result(), ranks
-    return (_masked_median(first, valid, ranks, True),
-            _masked_median(second, valid, ranks, True), ranks)
+def _spectral_baseline(y, usable):
+    """Median of each spaxel's usable values at planes -3, -2, +2, +3 (NaN if none)."""
+    n = y.shape[0]
+    pad = max(abs(d) for d in _BASELINE_OFFSETS)
+    padded = np.full((n + 2 * pad,) + y.shape[1:], np.nan)
+    np.copyto(padded[pad:pad + n], y, where=usable)
+    padded[pad:pad + n][~usable] = np.nan
+    vals = [padded[pad + d:pad + d + n] for d in _BASELINE_OFFSETS]
+    hi = np.maximum(np.maximum(vals[0], vals[1]), np.maximum(vals[2], vals[3]))
+    lo = np.minimum(np.minimum(vals[0], vals[1]), np.minimum(vals[2], vals[3]))
+    median = vals[0] + vals[1]
+    median += vals[2]
+    median += vals[3]
+    median -= hi
+    median -= lo
+    median *= 0.5
+    # where a value is missing (cube ends, unusable voxels) the median of the rest
+    ks, ss = np.nonzero(np.isnan(median))
+    if ks.size:
+        part = np.stack([v[ks, ss] for v in vals])
+        finite = np.isfinite(part)
+        count = finite.sum(axis=0)
+        total = np.where(finite, part, 0.0).sum(axis=0)
+        with np.errstate(invalid="ignore"):
+            top = np.fmax.reduce(part, axis=0)
+            bottom = np.fmin.reduce(part, axis=0)
+            median[ks, ss] = np.select(
+                [count == 4, count == 3, count == 2, count == 1],
+                [0.5 * (total - top - bottom), total - top - bottom, 0.5 * total, total],
+                np.nan)
+    return median
 
 
-def _predict(y, e, good, neighbours, *, half_window, leave_out, model_error, min_points=6,
-             template=None, fit_ok=None, eval_ok=None, strict_ok=None, spread_weight=1.0,
-             check_planes=3, fit_scale=True, threads=1):
-    """One pass of neighbour-template predictions for a (planes, m) block.
+def _plane_scale(r, ok, sky, scale_window):
+    """Robust scale of the screen residual per plane (MAD over sky spaxels), at least 1."""
+    cols = np.flatnonzero(sky) if sky.sum() >= 16 else np.arange(r.shape[1])
+    cols = cols[:: max(1, cols.size // _SCALE_SPAXELS)]
+    data = np.where(ok[:, cols], np.abs(r[:, cols]), np.nan)
+    enough = np.isfinite(data).sum(axis=1) >= 8
+    mad = _nanmedian_rows(data) / 0.6745
+    scale = np.where(enough & np.isfinite(mad), mad / np.sqrt(1 + _MEDIAN4_VAR), 1.0)
+    if scale_window > 0:
+        scale = ndimage.median_filter(scale, size=2 * int(scale_window) + 1, mode="nearest")
+    return np.maximum(scale, 1.0)
+
+
+def _predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_window,
+             model_error, screen=None, bright=None, candidate_sigma=3.5):
+    """Neighbour-basis predictions for the voxels ``(ks, ss)`` of a compact block.
 
     Parameters
     ----------
     y, e : ndarray, shape (n_planes, m)
-    good : ndarray of bool
+        Flux and ERR.
+    fit_ok : ndarray of bool
         Voxels a spaxel's own fit may use.
-    template : ndarray, optional
-        Neighbour spectra (default ``y``; later passes repair flagged voxels).
-    fit_ok : ndarray of bool, optional
-        Template voxels the fits may use (default ``good``).
-    eval_ok : ndarray of bool, optional
-        Template voxels a candidate may be evaluated at (default ``fit_ok``).
-    strict_ok : ndarray of bool, optional
-        Preferred evaluation voxels: where at least two candidates are strict, only
-        strict candidates count (default ``eval_ok``).
-    threads : int
-        Threads for the neighbour fits (chunks of planes and spaxels) and the paired
-        medians; the result is the same, bit for bit, for any value.
+    template, template_ok : ndarray
+        Neighbour spectra and where they are usable; a neighbour is used for a
+        voxel only if it is usable on every plane of the window.
+    ks, ss : ndarray of int
+        Planes and spaxels to predict.
+    screen, bright : ndarray, optional
+        The screen's normalised residual and where spectra are bright. Neighbours
+        that stand out on the voxel's plane (beyond ``candidate_sigma`` on a faint
+        spectrum; on a bright one, also beyond four times the neighbours' typical
+        value) are left out of the basis when they are a minority.
+
+    Returns
+    -------
+    value, variance : ndarray
+        Prediction and its variance (NaN where too few points could be fitted).
     """
-    kernel = _window_kernel(half_window, leave_out)
-    w_s = good.astype(float)
-    y0 = np.where(good, y, 0.0)
-    if template is None:
-        template = y
-    fit_ok = good if fit_ok is None else fit_ok
-    eval_ok = fit_ok if eval_ok is None else eval_ok
-    strict_ok = eval_ok if strict_ok is None else strict_ok
-    t0 = np.where(eval_ok, template, 0.0)
-    n_cand = neighbours.shape[0]
-    cand = np.empty((n_cand,) + y.shape)
-    cvar = np.empty((n_cand,) + y.shape)
-    cvalid = np.zeros((n_cand,) + y.shape, dtype=bool)
-    cstrict = np.zeros((n_cand,) + y.shape, dtype=bool)
-    e2 = np.where(good, e * e, 0.0)
-    e2_here = np.where(np.isfinite(e), e * e, 0.0)
-    e2_all = np.where(eval_ok, e * e, 0.0)
-    # Everything that depends on the neighbour spectrum alone (its derivative, its
-    # noise, where a fit may use it) is computed once for all spaxels and gathered
-    # per neighbour. The fits then run over chunks of planes (each padded by the
-    # window half-width, so every windowed sum is the same fixed-order sum as over
-    # the whole block), which keeps the temporaries small and in cache. The
-    # arithmetic, and so every bit of the result, is that of a whole-block evaluation.
-    d_all, ed2_all, gd_all = _derivative(t0, e2_all, eval_ok)
-    fs_all = fit_ok & _shift(fit_ok, 1, False) & _shift(fit_ok, -1, False)
-    n_planes, m = y.shape
-    pad = kernel.size // 2
-    chunk = _CHUNK_PLANES
-    col_chunk = max(64, _CHUNK_ELEMENTS // (chunk + 2 * pad))
-    gathers = []
-    for i in range(n_cand):
-        has = neighbours[i] >= 0
-        if has.any():
-            missing = ~has
-            gathers.append((i, np.where(has, neighbours[i], 0),
-                            missing if missing.any() else None))
-
-    def fit_chunk(start):
-        # one chunk of planes and spaxels, with its own buffers (chunks may run in
-        # threads and write disjoint parts of cand, cvar, cvalid, cstrict)
-        k0, c0 = start
-        k1, c1 = min(k0 + chunk, n_planes), min(c0 + col_chunk, m)
-        lo, hi = max(k0 - pad, 0), min(k1 + pad, n_planes)
-        nr, nc = k1 - k0, c1 - c0
-        inner, cols = slice(k0 - lo, k1 - lo), slice(c0, c1)
-        ws, y0s = w_s[lo:hi, cols], y0[lo:hi, cols]
-        e2h = e2_here[k0:k1, cols]
-        S = {name: np.empty((hi - lo, nc)) for name in  # noqa: N806 - slab buffers
-             ("w", "wx", "wd", "wy", "t", "sw", "sx", "sd", "sy", "sxx", "sdd", "sxd",
-              "sxy", "sdy", "syy")}
-        R = {name: np.empty((nr, nc)) for name in  # noqa: N806 - inner-plane buffers
-             ("t", "u", "inv", "xm", "dm", "ym", "p", "det", "a", "c", "cxxs", "wx", "wd")}
-        B = {name: np.empty((nr, nc), dtype=bool)  # noqa: N806
-             for name in ("ok2", "pos", "nok2", "npos")}
-        for i, idx_all, missing_all in gathers:
-            idx = idx_all[cols]
-            missing = None
-            if missing_all is not None and missing_all[cols].any():
-                missing = missing_all[cols]
-
-            def gather(array, fill, rows, idx=idx, missing=missing):
-                out = array[rows, idx]
-                if missing is not None:
-                    out[:, missing] = fill
-                return out
-
-            slab, rows = slice(lo, hi), slice(k0, k1)
-            x = gather(t0, 0.0, slab)
-            d = gather(d_all, 0.0, slab)
-            fx = gather(fs_all, False, slab)
-            w, wx, wd, wy, ts = S["w"], S["wx"], S["wd"], S["wy"], S["t"]
-            np.multiply(ws, fx, out=w)
-            np.multiply(w, x, out=wx)
-            np.multiply(w, d, out=wd)
-            np.multiply(w, y0s, out=wy)
-            sums = {}
-            for name, src in (("sw", w), ("sx", wx), ("sd", wd), ("sy", wy)):
-                sums[name] = _wsum(src, kernel, S[name])[inner]
-            for name, p1, p2 in (("sxx", wx, x), ("sdd", wd, d), ("sxd", wx, d),
-                                 ("sxy", wx, y0s), ("sdy", wd, y0s), ("syy", wy, y0s)):
-                sums[name] = _wsum(np.multiply(p1, p2, out=ts), kernel, S[name])[inner]
-            sw, sx, sd, sy = sums["sw"], sums["sx"], sums["sd"], sums["sy"]
-            sxx, sdd, sxd = sums["sxx"], sums["sdd"], sums["sxd"]
-            sxy, sdy, syy = sums["sxy"], sums["sdy"], sums["syy"]
-            x, d = x[inner], d[inner]
-            gx = gather(eval_ok, False, rows)
-            ex2 = gather(e2_all, 0.0, rows)
-            ed2 = gather(ed2_all, 0.0, rows)
-            gd = gather(gd_all, False, rows)
-            t, u = R["t"], R["u"]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                inv = np.divide(1.0, np.maximum(sw, 1.0, out=R["inv"]), out=R["inv"])
-                xm = np.multiply(sx, inv, out=R["xm"])
-                dm = np.multiply(sd, inv, out=R["dm"])
-                ym = np.multiply(sy, inv, out=R["ym"])
-                # the centred sums overwrite the raw ones (each raw sum is used once)
-                cxx = np.subtract(sxx, np.multiply(sx, xm, out=t), out=sxx)
-                cdd = np.subtract(sdd, np.multiply(sd, dm, out=t), out=sdd)
-                cxd = np.subtract(sxd, np.multiply(sx, dm, out=t), out=sxd)
-                cxy = np.subtract(sxy, np.multiply(sx, ym, out=t), out=sxy)
-                cdy = np.subtract(sdy, np.multiply(sd, ym, out=t), out=sdy)
-                p = np.multiply(cxx, cdd, out=R["p"])
-                det = np.subtract(p, np.multiply(cxd, cxd, out=t), out=R["det"])
-                # full fit where the 2x2 system is well conditioned, scale-only otherwise
-                np.maximum(p, 1e-300, out=p)
-                np.multiply(1e-9, p, out=p)
-                ok2 = np.greater(det, p, out=B["ok2"])
-                nok2 = np.logical_not(ok2, out=B["nok2"])
-                np.putmask(det, nok2, 1.0)  # det is only used as the safe divisor below
-                pos = np.greater(cxx, 0, out=B["pos"])
-                npos = np.logical_not(pos, out=B["npos"])
-                cxxs = R["cxxs"]  # cxx where > 0, else 1 (safe divisor)
-                np.copyto(cxxs, cxx)
-                np.putmask(cxxs, npos, 1.0)
-                # a = ok2 ? (cxy*cdd - cdy*cxd)/det : (pos ? cxy/cxx : 0)
-                a = np.divide(cxy, cxxs, out=R["a"])
-                np.putmask(a, npos, 0.0)
-                np.multiply(cxy, cdd, out=t)
-                np.subtract(t, np.multiply(cdy, cxd, out=u), out=t)
-                np.divide(t, det, out=t)
-                np.copyto(a, t, where=ok2)
-                # c = ok2 ? (cdy*cxx - cxy*cxd)/det : 0
-                c = np.multiply(cdy, cxx, out=R["c"])
-                np.subtract(c, np.multiply(cxy, cxd, out=u), out=c)
-                np.divide(c, det, out=c)
-                np.putmask(c, nok2, 0.0)
-                zx = np.subtract(x, xm, out=x)  # x, d: per-neighbour gathers, free to reuse
-                zd = np.subtract(d, dm, out=d)
-                pred = np.multiply(a, zx, out=cand[i, k0:k1, cols])
-                np.add(ym, pred, out=pred)
-                np.add(pred, np.multiply(c, zd, out=t), out=pred)
-                # Noise carried in by the neighbour's own voxels, plus the uncertainty of
-                # the fit at this point: large where the fit extrapolates (e.g. the
-                # spaxel's own line core is flagged and only its wings constrain a, c).
-                zx2 = np.multiply(zx, zx, out=R["wx"])
-                lever = np.multiply(zx2, cdd, out=R["wd"])
-                np.multiply(2, zx, out=t)
-                np.multiply(t, zd, out=t)
-                np.multiply(t, cxd, out=t)
-                np.subtract(lever, t, out=lever)
-                np.multiply(zd, zd, out=t)
-                np.multiply(t, cxx, out=t)
-                np.add(lever, t, out=lever)
-                np.divide(lever, det, out=lever)
-                np.divide(zx2, cxxs, out=t)
-                np.putmask(t, npos, 0.0)
-                np.copyto(lever, t, where=nok2)
-                # The fit's own residual scale, where it exceeds the noise: a spaxel
-                # the neighbour's spectrum does not describe in this window (another
-                # shape, a residual spoiling the fit) gets a wide prediction interval.
-                if fit_scale:
-                    rss = np.subtract(syy, np.multiply(sy, ym, out=t), out=syy)
-                    np.subtract(rss, np.multiply(a, cxy, out=t), out=rss)
-                    np.subtract(rss, np.multiply(c, cdy, out=t), out=rss)
-                    dof = np.subtract(sw, 3.0, out=u)
-                    np.maximum(dof, 1.0, out=dof)
-                    resid2 = np.divide(rss, dof, out=rss)
-                    np.maximum(resid2, e2h, out=resid2)
-                else:
-                    resid2 = e2h
-                var = np.multiply(a, a, out=cvar[i, k0:k1, cols])
-                np.multiply(var, ex2, out=var)
-                np.multiply(c, c, out=t)
-                np.multiply(t, ed2, out=t)
-                np.add(var, t, out=var)
-                np.add(inv, lever, out=t)
-                np.multiply(resid2, t, out=t)
-                np.add(var, t, out=var)
-                np.subtract(resid2, e2h, out=t)
-                np.maximum(t, 0.0, out=t)
-                np.add(var, t, out=var)
-            valid = np.greater_equal(sw, min_points, out=cvalid[i, k0:k1, cols])
-            valid &= gx
-            valid &= gd
-            np.logical_and(valid, gather(strict_ok, False, rows), out=cstrict[i, k0:k1, cols])
-
-    starts = [(k0, c0) for k0 in range(0, n_planes, chunk) for c0 in range(0, m, col_chunk)]
-    if threads > 1 and len(starts) > 1:
-        # chunks write disjoint planes of cand/cvar/cvalid/cstrict; numpy and
-        # correlate1d release the GIL, and the result does not depend on threads
-        with ThreadPoolExecutor(max_workers=int(threads)) as pool:
-            list(pool.map(fit_chunk, starts))
-    else:
-        for start in starts:
-            fit_chunk(start)
-    use_strict = cstrict.sum(axis=0) >= 2
-    cvalid = np.where(use_strict[None], cstrict, cvalid)
-    ranks = _median_ranks(cvalid)
-    if threads > 1:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            later = pool.submit(_masked_median, cvar, cvalid, ranks, True)
-            value = _masked_median(cand, cvalid, ranks)
-            variance = later.result()
-    else:
-        value = _masked_median(cand, cvalid, ranks)
-        variance = _masked_median(cvar, cvalid, ranks, overwrite=True)
-    n_valid = ranks[0]
-    # Candidates that disagree (contaminated or extrapolating fits, line shapes
-    # that change between spaxels, e.g. an undersampled line shifted by a velocity
-    # gradient) make the prediction uncertain. Their disagreement is systematic,
-    # not independent noise, so the median is uncertain by about their robust
-    # spread itself (not spread / sqrt(n)).
-    dev = np.subtract(cand, value[None], out=cand)  # cand is not needed any more
-    spread = 1.4826 * _masked_median(np.abs(dev, out=dev), cvalid, ranks, overwrite=True)
-    cand = cvar = dev = cvalid = cstrict = None  # noqa: F841 - free the candidate stacks
-    variance = variance + np.where(n_valid > 0, spread_weight * spread * spread, 0.0)
-    # fit-mean noise: the window mean of the spaxel itself (same for every candidate)
-    kernel_own = kernel
-    sw_own = _wsum(w_s, kernel_own)
-    sy_own = _wsum(y0, kernel_own)
-    se_own = _wsum(e2, kernel_own)
-    syy_own = _wsum(y0 * y0, kernel_own)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        own = sy_own / sw_own
-        # No neighbour to follow the spectrum's shape: the own mean is uncertain by
-        # the spectrum's scatter in the window (real structure included).
-        scatter = np.maximum(syy_own / sw_own - own * own, 0.0)
-        own_var = se_own / (sw_own * sw_own) + scatter
-    few = n_valid < 1
-    value = np.where(few, own, value)
-    variance = np.where(few, own_var, variance)
-    # model error: neighbouring spectra never match a bright narrow line exactly
-    up, down = _shift(value, -1, np.nan), _shift(value, 1, np.nan)
-    up = np.where(np.isfinite(up), up, value)
-    down = np.where(np.isfinite(down), down, value)
-    structure = 0.5 * np.abs(up - down) + np.abs(up - 2 * value + down)
-    variance = variance + (model_error * structure) ** 2
-    # Empirical model error: how well the prediction matched the spaxel's own
-    # voxels on the planes around (median of |y - p| over k-3..k+3 without k,
-    # robust to a residual on up to two of them), beyond what their noise explains.
-    # A line whose shape the neighbours cannot reproduce (undersampled, shifted)
-    # misses on the planes beside the peak as well, and is then not clipped.
-    if check_planes <= 0:
-        return value, variance
-    miss = np.where(good & np.isfinite(value), np.abs(y - value), np.nan)
-    expect = np.where(good, e * e + variance, np.nan)
-    offsets = [o for o in range(-check_planes, check_planes + 1) if o != 0]
-    stack_miss = _shift_stack(miss, offsets)
-    stack_exp = _shift_stack(expect, offsets)
-    ok = np.isfinite(stack_miss)
-    typical, typical_exp, _ = _two_medians(stack_miss, stack_exp, ok, threads)
+    n_planes = y.shape[0]
+    h = int(half_window)
+    length = min(2 * h + 1, n_planes)
+    # the window is centred on the voxel, or shifted to stay inside the block
+    first = np.clip(ks - h, 0, n_planes - length)
+    kk = first[:, None] + np.arange(length)[None]
+    centre_at = ks - first
+    rows = np.arange(ks.size)
+    sc = ss[:, None]
+    w_val = y[kk, sc]
+    w_err = e[kk, sc]
+    ok = fit_ok[kk, sc]
+    nb = neighbours[:, ss].T
+    has = nb >= 0
+    nbc = np.where(has, nb, 0)
+    n_val = template[kk[:, :, None], nbc[:, None, :]]
+    use = has & template_ok[kk[:, :, None], nbc[:, None, :]].all(axis=1)
+    if screen is not None:
+        # neighbours that stand out from their own spectrum on this plane: if they
+        # are a minority, a residual hit them (a line would show in most), and they
+        # are left out of the basis
+        level = np.abs(screen[ks[:, None], nbc])
+        typical = _nanmedian_rows(np.where(use, level, np.nan))[:, None]
+        with np.errstate(invalid="ignore"):
+            outlying = (level > candidate_sigma) & (~bright[ks[:, None], nbc]
+                                                    | (level > 4.0 * typical + candidate_sigma))
+        hit = use & outlying
+        minority = 2 * hit.sum(axis=1) <= use.sum(axis=1)
+        use &= ~(hit & minority[:, None])
+    n_val = np.where(use[:, None, :], n_val, 0.0)
+    basis = np.empty(kk.shape + (5,))
+    basis[..., 0] = 1.0
+    basis[..., 1:] = n_val @ _BASIS.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weight = np.where(ok, 1.0 / (w_err * w_err), 0.0)
+    w_val = np.where(ok, w_val, 0.0)
+    rank = np.where(use.any(axis=1), 5, 1)
+    e2 = e[ks, ss] ** 2
+    # Three predictions. (1) The joint fit with the voxel left out: precise where
+    # the spectrum is sharply peaked. (2) The same with the planes on either side
+    # left out too: a residual spanning 2-3 planes cannot set it. (3) Where the
+    # neighbours hold no signal of their own on this plane, the median over
+    # neighbours of single-neighbour fits (also without those planes): a few
+    # neighbours hit by the same residual cannot drag it, whereas they can drag a
+    # joint fit made of noise.
+    weight[rows, centre_at] = 0.0
+    value, variance = _fit_window(basis, w_val, weight.copy(), rows, centre_at, rank, e2,
+                                  model_error)
+    for step in (-1, 1):
+        weight[rows, np.clip(centre_at + step, 0, length - 1)] = 0.0
+    value3, variance3 = _fit_window(basis, w_val, weight, rows, centre_at, rank, e2,
+                                    model_error)
+    wider = variance3 < variance
+    value[wider] = value3[wider]
+    variance[wider] = variance3[wider]
+    value_nb, variance_nb = _median_of_neighbours(w_val, weight, n_val, use, centre_at)
+    level = np.abs(n_val[rows, centre_at]) / e[ks[:, None], nbc]
+    quiet = ~(_nanmedian_rows(np.where(use, level, np.nan)) > _QUIET)
     with np.errstate(invalid="ignore"):
-        excess = (1.4826 * typical) ** 2 - typical_exp
-    variance = variance + np.where(np.isfinite(excess) & (excess > 0), excess, 0.0)
+        # the joint fit is replaced where it disagrees with the median beyond
+        # their uncertainties (a neighbour spoiled it), or is the less precise
+        spoiled = quiet & ((np.abs(value - value_nb) > 3.0 * np.sqrt(variance + variance_nb))
+                           | (variance > variance_nb))
+    value[spoiled] = value_nb[spoiled]
+    variance[spoiled] = variance_nb[spoiled]
     return value, variance
 
 
-def _plane_scale(rho, good, scale_window):
-    """Robust scale of ``rho`` per plane (MAD over usable spaxels), smoothed, floored at 1."""
-    n = good.sum(axis=1)
-    data = np.where(good, np.abs(rho), np.inf)
+def _fit_window(basis, w_val, weight, rows, centre_at, rank, e2, model_error):
+    """Weighted least-squares fit of each window, evaluated at its centre.
+
+    One robust step drops the point the first fit misses worst when it lies
+    beyond 4 sigma and beyond four times the typical miss, and fits again.
+    Returns the prediction and its variance (NaN with too few points).
+    """
+    for attempt in range(2):
+        aw = basis * weight[..., None]
+        normal = np.einsum("cjp,cjq->cpq", aw, basis)
+        rhs = np.einsum("cjp,cj->cp", aw, w_val)
+        # a tiny ridge keeps empty basis columns (missing neighbours) harmless
+        ridge = 1e-10 * np.trace(normal, axis1=1, axis2=2) + 1e-300
+        normal += ridge[:, None, None] * np.eye(basis.shape[-1])
+        inv = np.linalg.inv(normal)
+        coef = np.einsum("cpq,cq->cp", inv, rhs)
+        t2 = weight * (w_val - np.einsum("cjp,cp->cj", basis, coef)) ** 2
+        n_fit = (weight > 0).sum(axis=1)
+        chi2 = t2.sum(axis=1) / np.maximum(n_fit - rank, 1)
+        if attempt == 1:
+            break
+        worst = np.argmax(t2, axis=1)
+        t_worst = np.sqrt(t2[rows, worst])
+        typical = np.sqrt(_nanmedian_rows(np.where(weight > 0, t2, np.nan)))
+        drop = (t_worst > 4.0) & (t_worst > 4.0 * typical / 0.6745)
+        if not drop.any():
+            break
+        weight[rows[drop], worst[drop]] = 0.0
+    centre = basis[rows, centre_at]
+    leverage = np.einsum("cp,cpq,cq->c", centre, inv, centre)
+    value = np.einsum("cp,cp->c", centre, coef)
+    # How well the fit predicts points it did not see: leave-one-out (PRESS)
+    # residuals of the window, in units of their noise. Their excess over 1 is the
+    # model error carried to the voxel itself.
+    hat = weight * np.einsum("cjp,cpq,cjq->cj", basis, inv, basis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        press = np.where(weight > 0, t2 / np.maximum(1.0 - hat, 0.05) ** 2, 0.0)
+    press = press.sum(axis=1) / np.maximum(n_fit, 1)
+    variance = (leverage * np.maximum(chi2, 1.0)
+                + model_error * np.maximum(press - 1.0, 0.0) * e2)
+    bad = n_fit < _MIN_FIT_POINTS
+    value[bad] = np.nan
+    variance[bad] = np.nan
+    return value, variance
+
+
+def _median_of_neighbours(w_val, weight, n_val, use, centre_at):
+    """Median over neighbours of the fits ``b + a * n + c * n'`` evaluated at the centre.
+
+    ``weight`` already leaves out the centre and the planes next to it. Returns the
+    median and its variance (the candidates' robust spread, at least their typical
+    propagated noise); NaN where fewer than three neighbours take part.
+    """
+    deriv = np.gradient(n_val, axis=1)
+    rows = np.arange(n_val.shape[0])
+    w = weight[:, :, None]
+    wn, wd = w * n_val, w * deriv
+    s1 = np.broadcast_to(weight.sum(axis=1)[:, None], use.shape)
+    sn, sd = wn.sum(axis=1), wd.sum(axis=1)
+    snn, snd, sdd = (wn * n_val).sum(axis=1), (wn * deriv).sum(axis=1), (wd * deriv).sum(axis=1)
+    yv = w_val[:, :, None]
+    rhs = np.stack([np.broadcast_to((weight * w_val).sum(axis=1)[:, None], use.shape),
+                    (wn * yv).sum(axis=1), (wd * yv).sum(axis=1)], -1)
+    normal = np.stack([np.stack([s1, sn, sd], -1), np.stack([sn, snn, snd], -1),
+                       np.stack([sd, snd, sdd], -1)], -2)
+    ridge = 1e-10 * np.trace(normal, axis1=-2, axis2=-1) + 1e-300
+    normal = normal + ridge[..., None, None] * np.eye(3)
+    inv = _inverse3(normal)
+    coef = np.einsum("cipq,ciq->cip", inv, rhs)
+    centre = np.stack([np.ones(use.shape), n_val[rows, centre_at], deriv[rows, centre_at]], -1)
+    cand = np.einsum("cip,cip->ci", centre, coef)
+    lev = np.einsum("cip,cipq,ciq->ci", centre, inv, centre)
+    # a neighbour whose value here lies far outside its range over the window (a
+    # residual of its own) extrapolates: its candidate is left out
+    typical_lev = _nanmedian_rows(np.where(use, lev, np.nan))
+    use = use & (lev <= 10.0 * typical_lev[:, None])
+    count = use.sum(axis=1)
+    cand = np.where(use, cand, np.nan)
+    med = _nanmedian_rows(cand)
+    spread = 1.4826 * _nanmedian_rows(np.abs(cand - med[:, None]))
+    typical = _nanmedian_rows(np.where(use, lev, np.nan))
+    var = np.maximum(spread * spread, typical)
+    few = count < 3
+    med[few] = np.nan
+    var[few] = np.nan
+    return med, var
+
+
+def _inverse3(a):
+    """Inverse of a stack of symmetric 3x3 matrices (last two axes), by cofactors."""
+    a00, a01, a02 = a[..., 0, 0], a[..., 0, 1], a[..., 0, 2]
+    a11, a12, a22 = a[..., 1, 1], a[..., 1, 2], a[..., 2, 2]
+    c00 = a11 * a22 - a12 * a12
+    c01 = a02 * a12 - a01 * a22
+    c02 = a01 * a12 - a02 * a11
+    c11 = a00 * a22 - a02 * a02
+    c12 = a01 * a02 - a00 * a12
+    c22 = a00 * a11 - a01 * a01
+    det = a00 * c00 + a01 * c01 + a02 * c02
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = 1.0 / det
+    return np.stack([np.stack([c00, c01, c02], -1), np.stack([c01, c11, c12], -1),
+                     np.stack([c02, c12, c22], -1)], -2) * scale[..., None, None]
+
+
+def _nanmedian_rows(a):
+    """Median of each row's finite values (NaN for an all-NaN row), without warnings."""
+    count = np.isfinite(a).sum(axis=1)
+    data = np.where(np.isfinite(a), a, np.inf)
     data.sort(axis=1)
-    mid = np.take_along_axis(data, np.clip((n - 1) // 2, 0, None)[:, None], axis=1)[:, 0]
-    scale = np.where(n >= 8, mid / 0.6745, 1.0)
-    scale = np.where(np.isfinite(scale), scale, 1.0)
-    if scale_window > 0:
-        scale = ndimage.median_filter(scale, size=2 * scale_window + 1, mode="nearest")
-    return np.maximum(scale, 1.0)
+    lo = np.clip((count - 1) // 2, 0, None)[:, None]
+    hi = np.clip(count // 2, 0, None)[:, None]
+    with np.errstate(invalid="ignore"):
+        out = 0.5 * (np.take_along_axis(data, lo, axis=1)[:, 0]
+                     + np.take_along_axis(data, hi, axis=1)[:, 0])
+    out[count == 0] = np.nan
+    return out
 
 
-def clip_block_robust(y, e, usable, neighbours, *, sigma=DEFAULTS["sigma"],
+def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sigma"],
                       grow_sigma=DEFAULTS["grow_sigma"], half_window=DEFAULTS["half_window"],
-                      leave_out=DEFAULTS["leave_out"], model_error=DEFAULTS["model_error"],
+                      model_error=DEFAULTS["model_error"],
                       scale_window=DEFAULTS["scale_window"], grow=DEFAULTS["grow"],
-                      spread_weight=DEFAULTS["spread_weight"], threads=1):
+                      candidate_sigma=DEFAULTS["candidate_sigma"],
+                      bright_snr=DEFAULTS["bright_snr"], passes=DEFAULTS["passes"]):
     """Robust-mode flags for a block of spectra in compact (planes, spaxels) layout.
 
     Parameters
@@ -538,92 +466,156 @@ def clip_block_robust(y, e, usable, neighbours, *, sigma=DEFAULTS["sigma"],
         excluded). Unusable voxels are never flagged nor used.
     neighbours : ndarray of int, shape (8, m)
         From :func:`neighbour_table`.
+    sky : ndarray of bool, shape (m,), optional
+        Sky spaxels, on which each plane's noise scale is measured (all spaxels
+        when fewer than 16 are given).
     sigma : float
         Threshold on the normalised residual (default 5).
     grow_sigma : float
-        Threshold for growing flags to adjacent planes and spaxels (default 3).
-    half_window, leave_out : int
-        Fit window ``k-H..k+H`` without ``k-L..k+L`` (defaults 7 and 0).
+        Threshold for growing flags to adjacent planes and spaxels (default 3.5).
+    half_window : int
+        Fit window ``k-H..k+H`` (without ``k``), default 7.
     model_error : float
-        Fraction of the local line gradient plus curvature added in quadrature to
-        the prediction's uncertainty (default 0.1).
+        Weight of the window's leave-one-out residual excess (beyond noise) in the
+        prediction's variance (default 2).
     scale_window : int
         Half-width, in planes, of the median filter on the per-plane scale.
     grow : int
         Growing steps (each one plane / one spaxel).
-    threads : int
-        Threads sharing the neighbour fits over chunks of planes (default 1). The
-        result does not depend on it, bit for bit.
+    candidate_sigma, bright_snr : float
+        The screen: voxels whose baseline residual exceeds ``candidate_sigma``, or
+        whose baseline exceeds ``bright_snr`` x ERR, are fitted.
+    passes : int
+        Fits of the voxels near flags (default 3: the first and two refits).
 
     Returns
     -------
     flags : ndarray of bool
     prediction : RobustPrediction
-        Of the second pass (flags of the first pass left out of the fits).
     """
-    flags = np.zeros(y.shape, dtype=bool)
-    pred = None
-    template = None
-    for _ in range(2):
-        # Fits leave out flagged voxels and, as a guard, the planes next to them
-        # (residual tails below the growing threshold). Neighbour spectra keep
-        # every usable voxel, flagged ones repaired with the previous prediction,
-        # so a spaxel whose neighbours were all hit still has candidates.
-        guard = flags | _shift(flags, 1, False) | _shift(flags, -1, False)
-        good = usable & ~guard
-        if pred is None:
-            # Pass one only has to find the gross outliers that would spoil the
-            # fits of pass two: a conservative uncertainty (the full candidate
-            # spread and a large model error), no empirical term (fits spoiled by an
-            # outlier miss on every plane of their window, and their residual
-            # scale is inflated by it).
-            value, variance = _predict(y, e, good, neighbours, half_window=half_window,
-                                       leave_out=leave_out, model_error=FIRST_PASS_ERROR,
-                                       spread_weight=1.0, check_planes=0, fit_scale=False,
-                                       threads=threads)
+    n_planes, m = y.shape
+    sky = np.ones(m, bool) if sky is None else np.asarray(sky, bool)
+    baseline = _spectral_baseline(y, usable)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (y - baseline) / e
+    screened = usable & np.isfinite(r)
+    scale = _plane_scale(r, screened, sky, scale_window)
+    spread = scale[:, None] * np.sqrt(1 + _MEDIAN4_VAR)
+    rho = np.where(screened, r / spread, 0.0)
+    with np.errstate(invalid="ignore"):
+        bright = ~(np.abs(baseline) <= bright_snr * e)
+    screen = rho.copy()
+    with np.errstate(invalid="ignore"):
+        candidate = usable & (bright | ~(np.abs(rho) <= candidate_sigma))
+    value = np.full(y.shape, np.nan)
+    variance = np.full(y.shape, np.nan)
+    opts = {"half_window": half_window, "model_error": model_error,
+            "candidate_sigma": candidate_sigma}
+
+    def fit(where, flags):
+        ks, ss = np.nonzero(where)
+        if ks.size == 0:
+            return
+        if flags is None:
+            template, template_ok, fit_ok = y, usable, usable
         else:
-            # Neighbour spectra: flagged voxels repaired with the previous prediction;
-            # fits avoid flags and their neighbourhood (plane and spaxel), and
-            # candidates evaluated next to a flag count only when fewer than two
-            # others are available.
-            repaired = flags & np.isfinite(pred.value)
-            template = np.where(repaired, pred.value, y)
-            near = usable & ~(flags | _near(flags, neighbours))
-            value, variance = _predict(y, e, good, neighbours, half_window=half_window,
-                                       leave_out=leave_out, model_error=model_error,
-                                       template=template, fit_ok=near, eval_ok=usable,
-                                       strict_ok=near, spread_weight=spread_weight,
-                                       check_planes=CHECK_PLANES, threads=threads)
+            repaired = flags & np.isfinite(value)
+            template = np.where(repaired, value, y)
+            template_ok = usable & (~flags | repaired)
+            fit_ok = usable & ~flags
+        v, var = _predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss,
+                          screen=screen, bright=bright, **opts)
+        again = ~np.isfinite(v)
+        if flags is not None and again.any():
+            # where flags leave too few planes, the flagged voxels' repaired values
+            # stand in for them
+            v[again], var[again] = _predict(template, e, usable, template, template_ok,
+                                            neighbours, ks[again], ss[again],
+                                            screen=screen, bright=bright, **opts)
+        value[ks, ss] = v
+        variance[ks, ss] = var
         with np.errstate(invalid="ignore", divide="ignore"):
-            rho = (y - value) / np.sqrt(e * e + variance)
-        ok = usable & np.isfinite(rho)
-        rho = np.where(ok, rho, 0.0)
-        scale = _plane_scale(rho, good & ok, scale_window)
-        rho = rho / scale[:, None]
-        flags = ok & (np.abs(rho) > sigma)
-        flags = _grow(flags, rho, ok, neighbours, grow_sigma, grow)
-        pred = RobustPrediction(value, variance, rho, scale)
-    return flags, pred
+            z = (y[ks, ss] - v) / np.sqrt(e[ks, ss] ** 2 + var) / scale[ks]
+        fitted = np.isfinite(z)
+        rho[ks[fitted], ss[fitted]] = z[fitted]
+        # too few usable planes around a bright voxel to judge it: left alone (on
+        # faint ones the screen's verdict stands; in later passes, the last one's)
+        if flags is None:
+            undecided = ~fitted & bright[ks, ss]
+            rho[ks[undecided], ss[undecided]] = 0.0
+
+    fit(candidate, None)
+    first = rho.copy()
+    first_value, first_variance = value.copy(), variance.copy()
+    flags = _grow(usable & (np.abs(rho) > sigma), rho, usable, neighbours, grow_sigma, grow)
+    for _ in range(int(passes) - 1):
+        if not flags.any():
+            break
+        # refit everything whose window or neighbours hold a flag
+        fit((candidate | flags) & _neighbourhood(flags, neighbours, half_window), flags)
+        # On bright spectra a later fit, with fewer planes, may misjudge real
+        # structure: a voxel there stays flagged only if the first pass agrees;
+        # and where the later fit is much less precise than the first (flags took
+        # the planes that pinned it down), the first one's verdict stands.
+        with np.errstate(invalid="ignore"):
+            vaguer = bright & (variance > 4.0 * first_variance)
+        value[vaguer] = first_value[vaguer]
+        variance[vaguer] = first_variance[vaguer]
+        rho[vaguer] = first[vaguer]
+        agree = np.sign(first) == np.sign(rho)
+        weaker = np.where(agree, np.sign(rho) * np.minimum(np.abs(first), np.abs(rho)), 0.0)
+        decide = np.where(bright, weaker, rho)
+        flags = _grow(usable & (np.abs(decide) > sigma), decide, usable, neighbours,
+                      grow_sigma, grow)
+    missing = flags & ~np.isfinite(value)
+    if missing.any():
+        fit(missing, flags)
+        # a flag no fit could predict (a faint voxel with too few usable planes
+        # around it) is given the spectral baseline
+        missing = flags & ~np.isfinite(value)
+        value[missing] = baseline[missing]
+        variance[missing] = (_MEDIAN4_VAR + 1.0) * e[missing] ** 2
+    return flags, RobustPrediction(value, variance, rho, scale)
 
 
 def _grow(flags, rho, ok, neighbours, grow_sigma, steps):
     """Add voxels next to flags (plane or spaxel) whose ``rho`` has the same sign, > grow_sigma."""
+    flags = flags.copy()
+    ks, ss = np.nonzero(flags)
     for _ in range(int(steps)):
-        near_pos = _near(flags & (rho > 0), neighbours)
-        near_neg = _near(flags & (rho < 0), neighbours)
-        new = ok & ~flags & ((near_pos & (rho > grow_sigma)) | (near_neg & (rho < -grow_sigma)))
-        if not new.any():
+        if ks.size == 0:
             break
-        flags = flags | new
+        sign = np.sign(rho[ks, ss])
+        nk, ns, nsign = _adjacent(ks, ss, sign, neighbours, flags.shape[0])
+        r = rho[nk, ns]
+        new = ok[nk, ns] & ~flags[nk, ns] & (r * nsign > grow_sigma)
+        ks, ss = nk[new], ns[new]
+        flags[ks, ss] = True
     return flags
 
 
-def _near(mask, neighbours):
-    """Voxels adjacent to ``mask`` along wavelength (+-1 plane) or in space (8 neighbours)."""
-    out = _shift(mask, 1, False) | _shift(mask, -1, False)
-    for nb in neighbours:
-        has = nb >= 0
-        if has.any():
-            src = np.where(has, nb, 0)
-            out |= mask[:, src] & has[None]
-    return out
+def _adjacent(ks, ss, payload, neighbours, n_planes):
+    """Voxels adjacent to ``(ks, ss)``: +-1 plane, or one of the 8 neighbours in the plane."""
+    nb = neighbours[:, ss]
+    valid = nb >= 0
+    k_all = np.concatenate([ks - 1, ks + 1, np.broadcast_to(ks, nb.shape)[valid]])
+    s_all = np.concatenate([ss, ss, nb[valid]])
+    p_all = np.concatenate([payload, payload, np.broadcast_to(payload, nb.shape)[valid]])
+    inside = (k_all >= 0) & (k_all < n_planes)
+    return k_all[inside], s_all[inside], p_all[inside]
+
+
+def _neighbourhood(flags, neighbours, half_window):
+    """Voxels within ``half_window`` planes of a flag in its spaxel or a neighbouring one."""
+    n_planes, m = flags.shape
+    ks, ss = np.nonzero(flags)
+    nb = neighbours[:, ss]
+    valid = nb >= 0
+    k_sp = np.concatenate([ks, np.broadcast_to(ks, nb.shape)[valid]])
+    s_sp = np.concatenate([ss, nb[valid]])
+    mark = np.zeros(flags.shape, bool)
+    for step in range(-int(half_window), int(half_window) + 1):
+        k = k_sp + step
+        inside = (k >= 0) & (k < n_planes)
+        mark[k[inside], s_sp[inside]] = True
+    return mark
