@@ -36,20 +36,23 @@ from its eight neighbours::
 neighbours (together they follow the spaxel's brightness and the PSF's curvature);
 the two differences carry the spatial gradient, and so the sub-plane line shift of
 a velocity gradient. The fit evaluated at ``k`` is the prediction. Its variance is
-the fit's propagated noise (leverage times the reduced chi-square, at least 1) plus
-``model_error`` times the excess, beyond noise, of the window's leave-one-out
-(PRESS) residuals: where the neighbours do not describe the spectrum (an
-undersampled line core, a strong velocity gradient) the voxel is judged against a
-correspondingly wider interval. Three safeguards keep one residual from faking
-the prediction:
+the fit's propagated noise (leverage times the reduced chi-square, at least 1)
+plus ``model_error`` times the excess, beyond noise, of the window's leave-one-out
+(PRESS) residuals (their mean, or the worst of the two planes either side of
+``k``): where the neighbours do not describe the spectrum (an undersampled line
+core, a strong velocity gradient) the voxel is judged against a correspondingly
+wider interval. Three safeguards keep one residual from faking the prediction:
 
 * the fit is also made without the planes on either side of ``k`` (the tails of a
   residual spanning 2-3 planes), and the more precise of the two is kept; each
   fit drops, once, a window point it misses by more than 4 ERR and four times its
-  typical miss;
-* neighbours that stand out from their own faint spectrum on plane ``k`` (the
-  screen), when they are a minority, are left out of the basis (a line would show
-  in most of them, a residual hits a few);
+  typical miss; voxels that stand out of a faint spectrum beyond ``sigma`` in the
+  screen, unless most neighbours stand out with them (a faint narrow line), are
+  left out of every window;
+* neighbours that stand out from their own spectrum on plane ``k`` (the screen
+  beyond ``candidate_sigma``; on a bright spectrum also beyond four times the
+  neighbours' typical value), when they are a minority, are left out of the basis
+  (a line would show in most of them, a residual hits a few);
 * where the neighbours hold no signal on plane ``k`` (median below 3 ERR), the
   median over neighbours of single-neighbour fits ``b + a n + c n'`` (without the
   planes next to ``k``, leaving out neighbours that extrapolate) replaces the joint
@@ -114,6 +117,8 @@ _SCALE_SPAXELS = 256
 _MIN_FIT_POINTS = 8
 # Neighbours whose median |value| / ERR on the plane is below this hold no signal.
 _QUIET = 3.0
+# Planes either side of a voxel whose leave-one-out misfit bounds its model error.
+_NEAR_PLANES = 2
 
 
 def robust_halo(*, half_window=DEFAULTS["half_window"], scale_window=DEFAULTS["scale_window"],
@@ -339,14 +344,14 @@ def _fit_window(basis, w_val, weight, rows, centre_at, rank, e2, model_error):
     """
     for attempt in range(2):
         aw = basis * weight[..., None]
-        normal = np.einsum("cjp,cjq->cpq", aw, basis)
-        rhs = np.einsum("cjp,cj->cp", aw, w_val)
+        normal = np.matmul(aw.transpose(0, 2, 1), basis)
+        rhs = np.matmul(w_val[:, None, :], aw)[:, 0]
         # a tiny ridge keeps empty basis columns (missing neighbours) harmless
         ridge = 1e-10 * np.trace(normal, axis1=1, axis2=2) + 1e-300
         normal += ridge[:, None, None] * np.eye(basis.shape[-1])
         inv = np.linalg.inv(normal)
-        coef = np.einsum("cpq,cq->cp", inv, rhs)
-        t2 = weight * (w_val - np.einsum("cjp,cp->cj", basis, coef)) ** 2
+        coef = np.matmul(inv, rhs[..., None])[..., 0]
+        t2 = weight * (w_val - np.matmul(basis, coef[..., None])[..., 0]) ** 2
         n_fit = (weight > 0).sum(axis=1)
         chi2 = t2.sum(axis=1) / np.maximum(n_fit - rank, 1)
         if attempt == 1:
@@ -359,17 +364,22 @@ def _fit_window(basis, w_val, weight, rows, centre_at, rank, e2, model_error):
             break
         weight[rows[drop], worst[drop]] = 0.0
     centre = basis[rows, centre_at]
-    leverage = np.einsum("cp,cpq,cq->c", centre, inv, centre)
-    value = np.einsum("cp,cp->c", centre, coef)
+    leverage = (np.matmul(inv, centre[..., None])[..., 0] * centre).sum(axis=1)
+    value = (centre * coef).sum(axis=1)
     # How well the fit predicts points it did not see: leave-one-out (PRESS)
     # residuals of the window, in units of their noise. Their excess over 1 is the
     # model error carried to the voxel itself.
-    hat = weight * np.einsum("cjp,cpq,cjq->cj", basis, inv, basis)
+    hat = weight * (np.matmul(basis, inv) * basis).sum(axis=2)
     with np.errstate(divide="ignore", invalid="ignore"):
         press = np.where(weight > 0, t2 / np.maximum(1.0 - hat, 0.05) ** 2, 0.0)
-    press = press.sum(axis=1) / np.maximum(n_fit, 1)
-    variance = (leverage * np.maximum(chi2, 1.0)
-                + model_error * np.maximum(press - 1.0, 0.0) * e2)
+    # the mean over the window, or the worst of the planes nearest the voxel (a
+    # sharp line core is where a neighbour basis fails first), whichever is larger
+    near = np.abs(np.arange(press.shape[1])[None] - centre_at[:, None]) <= _NEAR_PLANES
+    # (the largest of five unit-variance points squared is below 4 most of the time,
+    # so that much of it is noise)
+    excess = np.maximum(press.sum(axis=1) / np.maximum(n_fit, 1) - 1.0,
+                        np.where(near, press, 0.0).max(axis=1) - 4.0)
+    variance = leverage * np.maximum(chi2, 1.0) + model_error * np.maximum(excess, 0.0) * e2
     bad = n_fit < _MIN_FIT_POINTS
     value[bad] = np.nan
     variance[bad] = np.nan
@@ -398,10 +408,10 @@ def _median_of_neighbours(w_val, weight, n_val, use, centre_at):
     ridge = 1e-10 * np.trace(normal, axis1=-2, axis2=-1) + 1e-300
     normal = normal + ridge[..., None, None] * np.eye(3)
     inv = _inverse3(normal)
-    coef = np.einsum("cipq,ciq->cip", inv, rhs)
+    coef = np.matmul(inv, rhs[..., None])[..., 0]
     centre = np.stack([np.ones(use.shape), n_val[rows, centre_at], deriv[rows, centre_at]], -1)
-    cand = np.einsum("cip,cip->ci", centre, coef)
-    lev = np.einsum("cip,cipq,ciq->ci", centre, inv, centre)
+    cand = (centre * coef).sum(axis=-1)
+    lev = (np.matmul(inv, centre[..., None])[..., 0] * centre).sum(axis=-1)
     # a neighbour whose value here lies far outside its range over the window (a
     # residual of its own) extrapolates: its candidate is left out
     typical_lev = _nanmedian_rows(np.where(use, lev, np.nan))
@@ -505,6 +515,12 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     with np.errstate(invalid="ignore"):
         bright = ~(np.abs(baseline) <= bright_snr * e)
     screen = rho.copy()
+    # voxels that stand out of a faint spectrum are left out of every fit window
+    # (a residual's other planes must not set the fit of its neighbours)
+    # unless most neighbours stand out with it (a faint narrow line)
+    with np.errstate(invalid="ignore"):
+        outlying = screened & (np.abs(screen) > sigma) & ~bright
+    outlying = _unshared(outlying, screen, neighbours, candidate_sigma)
     with np.errstate(invalid="ignore"):
         candidate = usable & (bright | ~(np.abs(rho) <= candidate_sigma))
     value = np.full(y.shape, np.nan)
@@ -517,12 +533,12 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         if ks.size == 0:
             return
         if flags is None:
-            template, template_ok, fit_ok = y, usable, usable
+            template, template_ok, fit_ok = y, usable, usable & ~outlying
         else:
             repaired = flags & np.isfinite(value)
             template = np.where(repaired, value, y)
             template_ok = usable & (~flags | repaired)
-            fit_ok = usable & ~flags
+            fit_ok = usable & ~flags & ~outlying
         v, var = _predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss,
                           screen=screen, bright=bright, **opts)
         again = ~np.isfinite(v)
@@ -576,6 +592,20 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         value[missing] = baseline[missing]
         variance[missing] = (_MEDIAN4_VAR + 1.0) * e[missing] ** 2
     return flags, RobustPrediction(value, variance, rho, scale)
+
+
+def _unshared(mask, screen, neighbours, threshold):
+    """``mask`` less the voxels most usable neighbours share (same sign, beyond ``threshold``)."""
+    ks, ss = np.nonzero(mask)
+    if ks.size == 0:
+        return mask
+    nb = neighbours[:, ss]
+    has = nb >= 0
+    level = screen[ks[None], np.where(has, nb, 0)] * np.sign(screen[ks, ss])[None]
+    shared = 2 * (has & (level > threshold)).sum(axis=0) > has.sum(axis=0)
+    out = mask.copy()
+    out[ks[shared], ss[shared]] = False
+    return out
 
 
 def _grow(flags, rho, ok, neighbours, grow_sigma, steps):
