@@ -275,14 +275,3 @@ def test_artifact_dataclass_still_used():
     cube = make_cube("faint", shape=(40, 15, 15), fov_size=10, seed=1, n_artifacts=3,
                      wave_range=(1.16, 1.17), separate=True)
     assert len(cube.artifacts) == 3 and isinstance(cube.artifacts[0], Artifact)
-
-
-def test_threads_do_not_change_the_result():
-    cube = make_cube("arc", shape=(120, 25, 25), seed=3, n_artifacts=15, fov_size=18,
-                     wave_range=(1.15, 1.18))
-    layer_map = np.where(cube.footprint, 0, -1)
-    one = clip_cube(cube.sci, cube.err, layer_map, method="robust")
-    two = clip_cube(cube.sci, cube.err, layer_map, method="robust", threads=2)
-    for name in ("sci", "err", "flags"):
-        np.testing.assert_array_equal(getattr(one, name), getattr(two, name))
-    assert one.flags.any()
