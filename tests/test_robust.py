@@ -221,8 +221,8 @@ def test_window_fit_matches_plain_least_squares(rng):
     rows = np.arange(n)
     weight[rows, centre_at] = 0.0
     rank = np.full(n, p)
-    value, variance = _fit_window(basis, values, weight.copy(), rows, centre_at, rank,
-                                  np.ones(n), 2.0)
+    value, variance, _ = _fit_window(basis, values, weight.copy(), rows, centre_at, rank,
+                                     np.ones(n), 2.0)
     for c in range(n):
         keep = weight[c] > 0
         sw = np.sqrt(weight[c][keep])

@@ -44,7 +44,10 @@ core, a strong velocity gradient) the voxel is judged against a correspondingly
 wider interval. Three safeguards keep one residual from faking the prediction:
 
 * the fit is also made without the planes on either side of ``k`` (the tails of a
-  residual spanning 2-3 planes), and the more precise of the two is kept; each
+  residual spanning 2-3 planes), and the more precise of the two is kept (on a
+  bright spectrum only where the first fit misses a plane next to ``k`` by more
+  than 5 ERR: elsewhere the second would extrapolate a sharp peak from its wings
+  and undershoot it); each
   fit drops, once, a window point it misses by more than 4 ERR and four times its
   typical miss; voxels that stand out of a faint spectrum beyond ``sigma`` in the
   screen, unless most neighbours stand out with them (a faint narrow line), are
@@ -119,6 +122,8 @@ _MIN_FIT_POINTS = 8
 _QUIET = 3.0
 # Planes either side of a voxel whose leave-one-out misfit bounds its model error.
 _NEAR_PLANES = 2
+# A miss of the planes next to a bright voxel beyond this (in ERR) marks a residual's tail.
+_TAIL_SIGMA = 5.0
 
 
 def robust_halo(*, half_window=DEFAULTS["half_window"], scale_window=DEFAULTS["scale_window"],
@@ -128,13 +133,13 @@ def robust_halo(*, half_window=DEFAULTS["half_window"], scale_window=DEFAULTS["s
     The first pass reads the fit window (``half_window``) or the baseline and its
     smoothed plane scale (``3 + scale_window``), whichever is wider, and its flags
     grow ``grow`` planes; every later pass reads the flags and predictions of the
-    one before through its fit window and grows again; flagged voxels left without
-    a prediction are fitted once more; interpolated replacement reads
-    ``interp_gap`` planes more.
+    one before through its fit window and grows again; flagged voxels are fitted once
+    more for their replacement value (the fit window and a one-plane guard around
+    flags); interpolated replacement reads ``interp_gap`` planes more.
     """
     h, g = int(half_window), int(grow)
     first = max(h, max(_BASELINE_OFFSETS) + int(scale_window)) + g
-    return first + (int(passes) - 1) * (h + g) + h + 1 + int(interp_gap)
+    return first + (int(passes) - 1) * (h + g) + h + 2 + int(interp_gap)
 
 
 def neighbour_table(layer_map):
@@ -313,13 +318,19 @@ def _predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_wi
     # neighbours hit by the same residual cannot drag it, whereas they can drag a
     # joint fit made of noise.
     weight[rows, centre_at] = 0.0
-    value, variance = _fit_window(basis, w_val, weight.copy(), rows, centre_at, rank, e2,
-                                  model_error)
+    value, variance, adjacent = _fit_window(basis, w_val, weight.copy(), rows, centre_at,
+                                            rank, e2, model_error)
     for step in (-1, 1):
         weight[rows, np.clip(centre_at + step, 0, length - 1)] = 0.0
-    value3, variance3 = _fit_window(basis, w_val, weight, rows, centre_at, rank, e2,
-                                    model_error)
+    value3, variance3, _ = _fit_window(basis, w_val, weight, rows, centre_at, rank, e2,
+                                       model_error)
     wider = variance3 < variance
+    if bright is not None:
+        # on a bright, sharply peaked spectrum the fit without the planes next to
+        # the voxel extrapolates the peak from its wings, and undershoots it: it is
+        # used there only when the first fit misses a plane next to the voxel badly
+        # (the tail of a residual)
+        wider &= ~bright[ks, ss] | (adjacent > _TAIL_SIGMA)
     value[wider] = value3[wider]
     variance[wider] = variance3[wider]
     value_nb, variance_nb = _median_of_neighbours(w_val, weight, n_val, use, centre_at)
@@ -340,8 +351,11 @@ def _fit_window(basis, w_val, weight, rows, centre_at, rank, e2, model_error):
 
     One robust step drops the point the first fit misses worst when it lies
     beyond 4 sigma and beyond four times the typical miss, and fits again.
-    Returns the prediction and its variance (NaN with too few points).
+    Returns the prediction, its variance (NaN with too few points) and how badly
+    the fit misses the planes next to the centre (largest ``|residual| / ERR`` of
+    those it was given, dropped or not).
     """
+    given = weight.copy()
     for attempt in range(2):
         aw = basis * weight[..., None]
         normal = np.matmul(aw.transpose(0, 2, 1), basis)
@@ -383,7 +397,11 @@ def _fit_window(basis, w_val, weight, rows, centre_at, rank, e2, model_error):
     bad = n_fit < _MIN_FIT_POINTS
     value[bad] = np.nan
     variance[bad] = np.nan
-    return value, variance
+    miss = given * (w_val - np.matmul(basis, coef[..., None])[..., 0]) ** 2
+    length = basis.shape[1]
+    adjacent = np.maximum(miss[rows, np.clip(centre_at - 1, 0, length - 1)],
+                          miss[rows, np.clip(centre_at + 1, 0, length - 1)])
+    return value, variance, np.sqrt(adjacent)
 
 
 def _median_of_neighbours(w_val, weight, n_val, use, centre_at):
@@ -583,6 +601,22 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         decide = np.where(bright, weaker, rho)
         flags = _grow(usable & (np.abs(decide) > sigma), decide, usable, neighbours,
                       grow_sigma, grow)
+    # Replacement values: a flagged voxel on a bright spectrum is predicted once
+    # more without the planes next to it (unflagged tails of the same residual would
+    # pull the prediction), where that leaves enough planes.
+    ks, ss = np.nonzero(flags & bright)
+    if ks.size:
+        guard = flags.copy()
+        guard[1:] |= flags[:-1]
+        guard[:-1] |= flags[1:]
+        repaired = flags & np.isfinite(value)
+        template = np.where(repaired, value, y)
+        v, var = _predict(y, e, usable & ~guard & ~outlying, template,
+                          usable & (~flags | repaired), neighbours, ks, ss,
+                          screen=screen, bright=bright, **opts)
+        better = np.isfinite(v)
+        value[ks[better], ss[better]] = v[better]
+        variance[ks[better], ss[better]] = var[better]
     missing = flags & ~np.isfinite(value)
     if missing.any():
         fit(missing, flags)
