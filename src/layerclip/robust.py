@@ -465,16 +465,7 @@ def _inverse3(a):
 
 def _nanmedian_rows(a):
     """Median of each row's finite values (NaN for an all-NaN row), without warnings."""
-    count = np.isfinite(a).sum(axis=1)
-    data = np.where(np.isfinite(a), a, np.inf)
-    data.sort(axis=1)
-    lo = np.clip((count - 1) // 2, 0, None)[:, None]
-    hi = np.clip(count // 2, 0, None)[:, None]
-    with np.errstate(invalid="ignore"):
-        out = 0.5 * (np.take_along_axis(data, lo, axis=1)[:, 0]
-                     + np.take_along_axis(data, hi, axis=1)[:, 0])
-    out[count == 0] = np.nan
-    return out
+    return masked_median(a.T, np.isfinite(a.T))
 
 
 def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sigma"],
@@ -546,6 +537,11 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     opts = {"half_window": half_window, "model_error": model_error,
             "candidate_sigma": candidate_sigma}
 
+    def repaired_template(flags):
+        # neighbour spectra with flagged voxels replaced by their prediction
+        repaired = flags & np.isfinite(value)
+        return np.where(repaired, value, y), usable & (~flags | repaired)
+
     def fit(where, flags):
         ks, ss = np.nonzero(where)
         if ks.size == 0:
@@ -553,9 +549,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         if flags is None:
             template, template_ok, fit_ok = y, usable, usable & ~outlying
         else:
-            repaired = flags & np.isfinite(value)
-            template = np.where(repaired, value, y)
-            template_ok = usable & (~flags | repaired)
+            template, template_ok = repaired_template(flags)
             fit_ok = usable & ~flags & ~outlying
         v, var = _predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss,
                           screen=screen, bright=bright, **opts)
@@ -609,11 +603,9 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         guard = flags.copy()
         guard[1:] |= flags[:-1]
         guard[:-1] |= flags[1:]
-        repaired = flags & np.isfinite(value)
-        template = np.where(repaired, value, y)
-        v, var = _predict(y, e, usable & ~guard & ~outlying, template,
-                          usable & (~flags | repaired), neighbours, ks, ss,
-                          screen=screen, bright=bright, **opts)
+        template, template_ok = repaired_template(flags)
+        v, var = _predict(y, e, usable & ~guard & ~outlying, template, template_ok,
+                          neighbours, ks, ss, screen=screen, bright=bright, **opts)
         better = np.isfinite(v)
         value[ks[better], ss[better]] = v[better]
         variance[ks[better], ss[better]] = var[better]
