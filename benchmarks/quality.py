@@ -128,7 +128,7 @@ HEADER = (f"{'method':<14}{'strong missed':>14}{'strong left':>12}{'all left':>9
 def row(name, m, dt):
     return (f"{name:<14}{m['strong_missed']:>14}{m['strong_left']:>12}{m['all_left']:>9}"
             f"{m['false']:>12}{m['on_signal']:>10}{m['damage']:>8}{m['flux_pct']:>+9.3f}"
-            f"{m['worst']:>10.2f}{dt:>8.2f}")
+            f"{m['worst']:>10.2f}{dt:>8.3f}")
 
 
 DEFAULT_SNR = {"arc": 150.0, "compact": 1500.0, "faint": 4.0, "continuum": 4.0,
@@ -144,15 +144,43 @@ def run_kind(kind, methods, **settings):
     results = {}
     for name in methods:
         fn = METHODS[name]
-        t = time.perf_counter()
         if fn is None:
             sci, flags = cube.sci, np.zeros(cube.sci.shape, bool)
+            dt = 0.0
         else:
-            r = fn(cube, lm)
+            r, dt = timed(fn, cube, lm)
             sci, flags = r.sci, r.flags
-        dt = time.perf_counter() - t
         results[name] = (metrics(cube, lm, planes, sci, flags), dt)
     return cube, lm, results
+
+
+def timed(fn, *args):
+    """``fn(*args)`` and its run time: the best of three runs when one takes under a second.
+
+    Tens of milliseconds vary by a factor of two from run to run on a shared
+    machine; the minimum is the usual estimate of what the code itself costs.
+    """
+    best = np.inf
+    for attempt in range(3):
+        t = time.perf_counter()
+        result = fn(*args)
+        best = min(best, time.perf_counter() - t)
+        if best > 1.0:
+            break
+    return result, best
+
+
+def warm_up():
+    """Load (or, on the first run after an install, compile) robust mode's kernels.
+
+    Robust mode's per-voxel fits are compiled by numba and cached on disk; the
+    first call in a process loads them. That one-off cost is printed here and kept
+    out of the per-cube times.
+    """
+    cube = make_cube("compact", shape=(60, 12, 12), wave_range=BASE["wave_range"], seed=0)
+    t = time.perf_counter()
+    clip_cube(cube.sci, cube.err, np.zeros(cube.sci.shape[1:], np.int16), method="robust")
+    return time.perf_counter() - t
 
 
 def targets(results):
@@ -200,9 +228,7 @@ def muse_check():
     print(f"\nMUSE UDF subcube {sci.shape}, {usable} usable voxels, "
           f"{int((lm > 0).sum())} target spaxels (continuum S/N map)")
     for method in ("paper", "robust"):
-        t = time.perf_counter()
-        r = clip_cube(sci, err, lm, method=method, excluded=bad)
-        dt = time.perf_counter() - t
+        r, dt = timed(lambda: clip_cube(sci, err, lm, method=method, excluded=bad))
         print(f"  {method:<8} {r.n_flagged:>6} flags = {1e6 * r.n_flagged / usable:8.1f} per "
               f"million voxels ({dt:.2f} s)")
 
@@ -214,7 +240,10 @@ def main():
     print("strong = injected peak > 10 sigma; left = still > 10 (strong) or > 5 (all) sigma "
           "from the artifact-free cube; damage = voxels without artifact changed > 3 sigma;\n"
           "flux % = brightest-line flux over the target (continuum/ringing: whole band) vs "
-          "artifact-free; worst spx = largest single-spaxel change in units of its error\n")
+          "artifact-free; worst spx = largest single-spaxel change in units of its error;\n"
+          "time s = best of three runs (one run when it takes over a second)")
+    print(f"robust mode's compiled kernels loaded in {warm_up():.2f} s (first call in the "
+          "process; compiles once after an install)\n")
     all_fails = {}
     for kind in KINDS:
         cube, lm, res = run_kind(kind, methods, seed=0, **PHYSICAL)
@@ -224,26 +253,26 @@ def main():
         print(HEADER)
         for name in methods:
             print(row(name, *res[name]))
-        all_fails[f"{kind} seed0"] = targets(res)
+        all_fails[f"{kind} seed 0"] = targets(res)
         print()
     variants = [
-        ("seed 1, narrow lines 45 km/s (undersampled), noise x2, edge noise x4",
+        ("seed 1", "seed 1, narrow lines 45 km/s (undersampled), noise x2, edge noise x4",
          {"seed": 1, "line_sigma_kms": 45.0, "noise": 1.0, "edge_noise": 3.0, **PHYSICAL}),
-        ("seed 2, broad lines 120 km/s, 200 artifacts",
+        ("seed 2", "seed 2, broad lines 120 km/s, 200 artifacts",
          {"seed": 2, "line_sigma_kms": 120.0, "n_artifacts": 200, **PHYSICAL}),
-        ("seed 3, targets 3x brighter",
+        ("seed 3", "seed 3, targets 3x brighter",
          {"seed": 3, "peak_snr_scale": 3.0, **PHYSICAL}),
-        ("seed 0, make_cube defaults: 24 artifacts piled on the line core (stress)",
+        ("stress", "seed 0, make_cube defaults: 24 artifacts piled on the line core (stress)",
          {"seed": 0}),
     ]
-    for label, settings in variants:
+    for key, label, settings in variants:
         print(f"== variant: {label}")
         print(f"{'kind':<10}" + HEADER)
         for kind in KINDS:
             _, _, res = run_kind(kind, ["none", "paper", "robust"], **settings)
             for name in ("paper", "robust"):
                 print(f"{kind:<10}" + row(name, *res[name]))
-            all_fails[f"{kind} {label.split(',')[0]}"] = targets(res)
+            all_fails[f"{kind} {key}"] = targets(res)
         print()
     muse_check()
     print("\nissue-5 targets for robust (vs paper) not met:")

@@ -225,8 +225,8 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
         stop = min(start + step, nw)
         lo, hi = max(0, start - halo), min(nw, stop + halo)
         # read the input, not the output (earlier blocks replaced voxels in the halo)
-        y = sci.reshape(nw, ny * nx)[lo:hi][:, index]
-        e = err.reshape(nw, ny * nx)[lo:hi][:, index]
+        y = np.take(sci.reshape(nw, ny * nx)[lo:hi], index, axis=1)
+        e = np.take(err.reshape(nw, ny * nx)[lo:hi], index, axis=1)
         bad = ~np.isfinite(y)
         if excluded is not None:
             bad |= np.asarray(excluded[lo:hi], dtype=bool).reshape(hi - lo, -1)[:, index]
@@ -244,18 +244,12 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
             f, pred = clip_block_robust(yf, ef, usable, neighbours, sky=labels == 0,
                                         sigma=sigma, **robust_opts)
             y, e = _replace(y, e, f, usable, pred, replace, groups, interp_gap)
-        keep = slice(start - lo, stop - lo)
-        cols = flat_flags[start:stop]
-        fk = f[keep]
-        cols[:, index] = fk
-        block_sci = flat_sci[start:stop]
-        block_err = flat_err[start:stop]
-        sub_sci = block_sci[:, index]
-        sub_err = block_err[:, index]
-        sub_sci[fk] = y[keep][fk]
-        sub_err[fk] = e[keep][fk]
-        block_sci[:, index] = sub_sci
-        block_err[:, index] = sub_err
+        # write back the flagged voxels of the planes this block owns
+        ks, ss = np.nonzero(f[start - lo:stop - lo])
+        planes, cols = ks + start, index[ss]
+        flat_flags[planes, cols] = True
+        flat_sci[planes, cols] = y[ks + start - lo, ss]
+        flat_err[planes, cols] = e[ks + start - lo, ss]
     params = {"sigma": float(sigma), "replace": replace}
     if method == "paper":
         params["maxiters"] = maxiters
@@ -309,10 +303,10 @@ def _clip_paper_median(sci, err, layer_map, excluded, *, sigma, maxiters, block_
 
 def _replace(y, e, flags, usable, pred, replace, groups, interp_gap):
     """Replacement values and ERR for the flagged voxels of a compact (planes, m) block."""
-    new_y = y.astype(float)
-    new_e = e.astype(float)
     if not flags.any():
         return y, e
+    new_y = y.copy()
+    new_e = e.copy()
     good = usable & ~flags
     if replace == "nan":
         new_y[flags] = np.nan
@@ -321,14 +315,15 @@ def _replace(y, e, flags, usable, pred, replace, groups, interp_gap):
         new_y[flags] = pred.value[flags]
         new_e[flags] = np.sqrt(pred.variance[flags])
     else:
-        # median of each group's usable, unflagged voxels in the plane (also the
-        # fallback of "interp" in paper mode)
-        med_y = np.full(y.shape, np.nan)
-        med_e = np.full(y.shape, np.nan)
-        for cols in groups:
-            g = good[:, cols]
-            med_y[:, cols] = masked_median(y[:, cols].T.astype(float), g.T)[:, None]
-            med_e[:, cols] = masked_median(e[:, cols].T.astype(float), g.T)[:, None]
+        if replace == "median" or pred is None:
+            # median of each group's usable, unflagged voxels in the plane (also the
+            # fallback of "interp" in paper mode)
+            med_y = np.full(y.shape, np.nan)
+            med_e = np.full(y.shape, np.nan)
+            for cols in groups:
+                g = good[:, cols]
+                med_y[:, cols] = masked_median(y[:, cols].T.astype(float), g.T)[:, None]
+                med_e[:, cols] = masked_median(e[:, cols].T.astype(float), g.T)[:, None]
         if pred is not None:
             fallback_y, fallback_e = pred.value, np.sqrt(pred.variance)
         else:
@@ -343,7 +338,7 @@ def _replace(y, e, flags, usable, pred, replace, groups, interp_gap):
             ie[none] = fallback_e[none]
             new_y[flags] = iy[flags]
             new_e[flags] = ie[flags]
-    return new_y.astype(y.dtype), new_e.astype(e.dtype)
+    return new_y, new_e
 
 
 def _interpolate(y, e, good, gap):

@@ -82,10 +82,19 @@ clipped, and a spaxel placed in the "wrong" layer does no harm.
 Every statistic for a plane uses only planes within :func:`robust_halo`, and no
 sum depends on where a block starts, so clipping blocks padded by the halo gives
 the whole-cube result bit for bit.
+
+The per-voxel work (the screen, the fits, growing, finding the voxels near flags)
+is compiled with numba in :mod:`layerclip.robust_kernels`; this module keeps the
+decisions between the stages. ``tests/robust_reference.py`` holds the vectorised
+NumPy version of the fits that the kernels are checked against.
 """
 
 import numpy as np
 from scipy import ndimage
+
+from .robust_kernels import (count_unusable, grow_flags, near_flags, plane_mad,
+                             predict_voxels, screen_residual, screen_voxels, spectral_baseline,
+                             true_positions)
 
 __all__ = ["RobustPrediction", "clip_block_robust", "robust_halo", "neighbour_table",
            "masked_median", "DEFAULTS"]
@@ -104,26 +113,11 @@ DEFAULTS = {
 
 # (dy, dx) of the eight neighbours, in the order of neighbour_table's rows.
 _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
-_EDGE = (1, 3, 4, 6)
-_DIAG = (0, 2, 5, 7)
-# Basis weights of the neighbours: rows are edge, diag, E - W, N - S.
-_BASIS = np.zeros((4, 8))
-_BASIS[0, list(_EDGE)] = 1.0
-_BASIS[1, list(_DIAG)] = 1.0
-_BASIS[2, 4], _BASIS[2, 3] = 1.0, -1.0
-_BASIS[3, 6], _BASIS[3, 1] = 1.0, -1.0
 # Planes of the spectral baseline, and the variance of a median of four unit normals.
 _BASELINE_OFFSETS = (-3, -2, 2, 3)
 _MEDIAN4_VAR = 0.2975
 # Most sky spaxels a plane's scale is measured on (every n-th, fixed by position).
 _SCALE_SPAXELS = 256
-_MIN_FIT_POINTS = 8
-# Neighbours whose median |value| / ERR on the plane is below this hold no signal.
-_QUIET = 3.0
-# Planes either side of a voxel whose leave-one-out misfit bounds its model error.
-_NEAR_PLANES = 2
-# A miss of the planes next to a bright voxel beyond this (in ERR) marks a residual's tail.
-_TAIL_SIGMA = 5.0
 
 
 def robust_halo(*, half_window=DEFAULTS["half_window"], scale_window=DEFAULTS["scale_window"],
@@ -200,68 +194,62 @@ def masked_median(values, valid):
     return out
 
 
-def _spectral_baseline(y, usable):
-    """Median of each spaxel's usable values at planes -3, -2, +2, +3 (NaN if none)."""
-    n = y.shape[0]
-    pad = max(abs(d) for d in _BASELINE_OFFSETS)
-    padded = np.full((n + 2 * pad,) + y.shape[1:], np.nan)
-    np.copyto(padded[pad:pad + n], y, where=usable)
-    padded[pad:pad + n][~usable] = np.nan
-    vals = [padded[pad + d:pad + d + n] for d in _BASELINE_OFFSETS]
-    hi = np.maximum(np.maximum(vals[0], vals[1]), np.maximum(vals[2], vals[3]))
-    lo = np.minimum(np.minimum(vals[0], vals[1]), np.minimum(vals[2], vals[3]))
-    median = vals[0] + vals[1]
-    median += vals[2]
-    median += vals[3]
-    median -= hi
-    median -= lo
-    median *= 0.5
-    # where a value is missing (cube ends, unusable voxels) the median of the rest
-    ks, ss = np.nonzero(np.isnan(median))
-    if ks.size:
-        part = np.stack([v[ks, ss] for v in vals])
-        finite = np.isfinite(part)
-        count = finite.sum(axis=0)
-        total = np.where(finite, part, 0.0).sum(axis=0)
-        with np.errstate(invalid="ignore"):
-            top = np.fmax.reduce(part, axis=0)
-            bottom = np.fmin.reduce(part, axis=0)
-            median[ks, ss] = np.select(
-                [count == 4, count == 3, count == 2, count == 1],
-                [0.5 * (total - top - bottom), total - top - bottom, 0.5 * total, total],
-                np.nan)
-    return median
+def _screen(y, e, usable, sky, neighbours, *, scale_window, bright_snr, sigma,
+            candidate_sigma):
+    """The screen over every voxel of a block (see the module notes).
 
-
-def _plane_scale(r, ok, sky, scale_window):
-    """Robust scale of the screen residual per plane (MAD over sky spaxels), at least 1."""
-    cols = np.flatnonzero(sky) if sky.sum() >= 16 else np.arange(r.shape[1])
+    Returns the normalised residual (twice: ``screen`` to keep and
+    ``rho`` to be overwritten by fits), the per-plane scale,
+    where spectra are bright, the voxels left out of every fit window
+    (``outlying``) and the candidates for a fit.
+    """
+    n_planes, m = y.shape
+    rho = np.empty(y.shape)
+    bright = np.empty(y.shape, bool)
+    screen_residual(y, e, usable, float(bright_snr), rho, bright)
+    # each plane's robust scale: MAD over (a fixed subset of) the sky spaxels
+    cols = np.flatnonzero(sky) if sky.sum() >= 16 else np.arange(m)
     cols = cols[:: max(1, cols.size // _SCALE_SPAXELS)]
-    data = np.where(ok[:, cols], np.abs(r[:, cols]), np.nan)
-    enough = np.isfinite(data).sum(axis=1) >= 8
-    mad = _nanmedian_rows(data) / 0.6745
-    scale = np.where(enough & np.isfinite(mad), mad / np.sqrt(1 + _MEDIAN4_VAR), 1.0)
+    mad = np.empty(n_planes)
+    plane_mad(rho, cols.astype(np.int64), 8, mad)
+    scale = np.where(np.isfinite(mad), mad / 0.6745 / np.sqrt(1 + _MEDIAN4_VAR), 1.0)
     if scale_window > 0:
         scale = ndimage.median_filter(scale, size=2 * int(scale_window) + 1, mode="nearest")
-    return np.maximum(scale, 1.0)
+    scale = np.maximum(scale, 1.0)
+    screen = np.empty(y.shape)
+    outlying = np.empty(y.shape, bool)
+    candidate = np.empty(y.shape, bool)
+    screen_voxels(rho, scale * np.sqrt(1 + _MEDIAN4_VAR), usable, bright, neighbours,
+                  float(sigma), float(candidate_sigma), screen, outlying, candidate)
+    return screen, rho, scale, bright, outlying, candidate
 
 
-def _predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_window,
-             model_error, screen=None, bright=None, candidate_sigma=3.5):
+def _predict(y, e, usable, neighbours, ks, ss, *, opts, nothing, unusable_before, exclude=(),
+             flagged=None, repaired_value=None, own_repaired=False, screen, bright):
     """Neighbour-basis predictions for the voxels ``(ks, ss)`` of a compact block.
 
     Parameters
     ----------
-    y, e : ndarray, shape (n_planes, m)
-        Flux and ERR.
-    fit_ok : ndarray of bool
-        Voxels a spaxel's own fit may use.
-    template, template_ok : ndarray
-        Neighbour spectra and where they are usable; a neighbour is used for a
-        voxel only if it is usable on every plane of the window.
+    y, e, usable : ndarray, shape (n_planes, m)
+        Flux, ERR and where voxels are usable.
+    neighbours : ndarray of int, shape (8, m)
     ks, ss : ndarray of int
         Planes and spaxels to predict.
-    screen, bright : ndarray, optional
+    opts : dict
+        ``half_window``, ``model_error`` and ``candidate_sigma``.
+    nothing : ndarray of bool
+        All False, of the block's shape (stands in for absent masks).
+    unusable_before : ndarray of int32
+        From :func:`layerclip.robust_kernels.count_unusable`.
+    exclude : sequence of ndarray of bool
+        Voxels (at most two masks) a spaxel's own fit may not use.
+    flagged : tuple, optional
+        ``(flags, fk, fs)``: the flag mask and its planes and spaxels. Flagged
+        voxels take ``repaired_value`` in a neighbour's spectrum (where finite;
+        where not, that neighbour is unusable on the plane).
+    own_repaired : bool
+        Read the spaxel's own spectrum repaired too, ignoring ``exclude``.
+    screen, bright : ndarray
         The screen's normalised residual and where spectra are bright. Neighbours
         that stand out on the voxel's plane (beyond ``candidate_sigma`` on a faint
         spectrum; on a bright one, also beyond four times the neighbours' typical
@@ -270,202 +258,26 @@ def _predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_wi
     Returns
     -------
     value, variance : ndarray
-        Prediction and its variance (NaN where too few points could be fitted).
+        Prediction and its variance (NaN where too few points could be fitted),
+        from :func:`layerclip.robust_kernels.predict_voxels`.
     """
-    n_planes = y.shape[0]
-    h = int(half_window)
-    length = min(2 * h + 1, n_planes)
-    # the window is centred on the voxel, or shifted to stay inside the block
-    first = np.clip(ks - h, 0, n_planes - length)
-    kk = first[:, None] + np.arange(length)[None]
-    centre_at = ks - first
-    rows = np.arange(ks.size)
-    sc = ss[:, None]
-    w_val = y[kk, sc]
-    w_err = e[kk, sc]
-    ok = fit_ok[kk, sc]
-    nb = neighbours[:, ss].T
-    has = nb >= 0
-    nbc = np.where(has, nb, 0)
-    n_val = template[kk[:, :, None], nbc[:, None, :]]
-    use = has & template_ok[kk[:, :, None], nbc[:, None, :]].all(axis=1)
-    if screen is not None:
-        # neighbours that stand out from their own spectrum on this plane: if they
-        # are a minority, a residual hit them (a line would show in most), and they
-        # are left out of the basis
-        level = np.abs(screen[ks[:, None], nbc])
-        typical = _nanmedian_rows(np.where(use, level, np.nan))[:, None]
-        with np.errstate(invalid="ignore"):
-            outlying = (level > candidate_sigma) & (~bright[ks[:, None], nbc]
-                                                    | (level > 4.0 * typical + candidate_sigma))
-        hit = use & outlying
-        minority = 2 * hit.sum(axis=1) <= use.sum(axis=1)
-        use &= ~(hit & minority[:, None])
-    n_val = np.where(use[:, None, :], n_val, 0.0)
-    basis = np.empty(kk.shape + (5,))
-    basis[..., 0] = 1.0
-    basis[..., 1:] = n_val @ _BASIS.T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        weight = np.where(ok, 1.0 / (w_err * w_err), 0.0)
-    w_val = np.where(ok, w_val, 0.0)
-    rank = np.where(use.any(axis=1), 5, 1)
-    e2 = e[ks, ss] ** 2
-    # Three predictions. (1) The joint fit with the voxel left out: precise where
-    # the spectrum is sharply peaked. (2) The same with the planes on either side
-    # left out too: a residual spanning 2-3 planes cannot set it. (3) Where the
-    # neighbours hold no signal of their own on this plane, the median over
-    # neighbours of single-neighbour fits (also without those planes): a few
-    # neighbours hit by the same residual cannot drag it, whereas they can drag a
-    # joint fit made of noise.
-    weight[rows, centre_at] = 0.0
-    value, variance, adjacent = _fit_window(basis, w_val, weight.copy(), rows, centre_at,
-                                            rank, e2, model_error)
-    for step in (-1, 1):
-        weight[rows, np.clip(centre_at + step, 0, length - 1)] = 0.0
-    value3, variance3, _ = _fit_window(basis, w_val, weight, rows, centre_at, rank, e2,
-                                       model_error)
-    wider = variance3 < variance
-    if bright is not None:
-        # on a bright, sharply peaked spectrum the fit without the planes next to
-        # the voxel extrapolates the peak from its wings, and undershoots it: it is
-        # used there only when the first fit misses a plane next to the voxel badly
-        # (the tail of a residual)
-        wider &= ~bright[ks, ss] | (adjacent > _TAIL_SIGMA)
-    value[wider] = value3[wider]
-    variance[wider] = variance3[wider]
-    value_nb, variance_nb = _median_of_neighbours(w_val, weight, n_val, use, centre_at)
-    level = np.abs(n_val[rows, centre_at]) / e[ks[:, None], nbc]
-    quiet = ~(_nanmedian_rows(np.where(use, level, np.nan)) > _QUIET)
-    with np.errstate(invalid="ignore"):
-        # the joint fit is replaced where it disagrees with the median beyond
-        # their uncertainties (a neighbour spoiled it), or is the less precise
-        spoiled = quiet & ((np.abs(value - value_nb) > 3.0 * np.sqrt(variance + variance_nb))
-                           | (variance > variance_nb))
-    value[spoiled] = value_nb[spoiled]
-    variance[spoiled] = variance_nb[spoiled]
+    value = np.empty(ks.size)
+    variance = np.empty(ks.size)
+    if ks.size == 0:
+        return value, variance
+    masks = list(exclude) + [nothing] * (2 - len(exclude))
+    if flagged is None:
+        repaired, repaired_value, any_repaired, any_broken = nothing, y, False, False
+    else:
+        repaired, fk, fs = flagged
+        any_repaired = fk.size > 0
+        any_broken = not np.isfinite(repaired_value[fk, fs]).all()
+    predict_voxels(y, e, usable, unusable_before, masks[0], masks[1], repaired,
+                   repaired_value, any_repaired, any_broken, bool(own_repaired), neighbours,
+                   np.ascontiguousarray(ks, np.int64), np.ascontiguousarray(ss, np.int64),
+                   int(opts["half_window"]), float(opts["model_error"]), screen, bright, True,
+                   float(opts["candidate_sigma"]), value, variance)
     return value, variance
-
-
-def _fit_window(basis, w_val, weight, rows, centre_at, rank, e2, model_error):
-    """Weighted least-squares fit of each window, evaluated at its centre.
-
-    One robust step drops the point the first fit misses worst when it lies
-    beyond 4 sigma and beyond four times the typical miss, and fits again.
-    Returns the prediction, its variance (NaN with too few points) and how badly
-    the fit misses the planes next to the centre (largest ``|residual| / ERR`` of
-    those it was given, dropped or not).
-    """
-    given = weight.copy()
-    for attempt in range(2):
-        aw = basis * weight[..., None]
-        normal = np.matmul(aw.transpose(0, 2, 1), basis)
-        rhs = np.matmul(w_val[:, None, :], aw)[:, 0]
-        # a tiny ridge keeps empty basis columns (missing neighbours) harmless
-        ridge = 1e-10 * np.trace(normal, axis1=1, axis2=2) + 1e-300
-        normal += ridge[:, None, None] * np.eye(basis.shape[-1])
-        inv = np.linalg.inv(normal)
-        coef = np.matmul(inv, rhs[..., None])[..., 0]
-        t2 = weight * (w_val - np.matmul(basis, coef[..., None])[..., 0]) ** 2
-        n_fit = (weight > 0).sum(axis=1)
-        chi2 = t2.sum(axis=1) / np.maximum(n_fit - rank, 1)
-        if attempt == 1:
-            break
-        worst = np.argmax(t2, axis=1)
-        t_worst = np.sqrt(t2[rows, worst])
-        typical = np.sqrt(_nanmedian_rows(np.where(weight > 0, t2, np.nan)))
-        drop = (t_worst > 4.0) & (t_worst > 4.0 * typical / 0.6745)
-        if not drop.any():
-            break
-        weight[rows[drop], worst[drop]] = 0.0
-    centre = basis[rows, centre_at]
-    leverage = (np.matmul(inv, centre[..., None])[..., 0] * centre).sum(axis=1)
-    value = (centre * coef).sum(axis=1)
-    # How well the fit predicts points it did not see: leave-one-out (PRESS)
-    # residuals of the window, in units of their noise. Their excess over 1 is the
-    # model error carried to the voxel itself.
-    hat = weight * (np.matmul(basis, inv) * basis).sum(axis=2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        press = np.where(weight > 0, t2 / np.maximum(1.0 - hat, 0.05) ** 2, 0.0)
-    # the mean over the window, or the worst of the planes nearest the voxel (a
-    # sharp line core is where a neighbour basis fails first), whichever is larger
-    near = np.abs(np.arange(press.shape[1])[None] - centre_at[:, None]) <= _NEAR_PLANES
-    # (the largest of five unit-variance points squared is below 4 most of the time,
-    # so that much of it is noise)
-    excess = np.maximum(press.sum(axis=1) / np.maximum(n_fit, 1) - 1.0,
-                        np.where(near, press, 0.0).max(axis=1) - 4.0)
-    variance = leverage * np.maximum(chi2, 1.0) + model_error * np.maximum(excess, 0.0) * e2
-    bad = n_fit < _MIN_FIT_POINTS
-    value[bad] = np.nan
-    variance[bad] = np.nan
-    miss = given * (w_val - np.matmul(basis, coef[..., None])[..., 0]) ** 2
-    length = basis.shape[1]
-    adjacent = np.maximum(miss[rows, np.clip(centre_at - 1, 0, length - 1)],
-                          miss[rows, np.clip(centre_at + 1, 0, length - 1)])
-    return value, variance, np.sqrt(adjacent)
-
-
-def _median_of_neighbours(w_val, weight, n_val, use, centre_at):
-    """Median over neighbours of the fits ``b + a * n + c * n'`` evaluated at the centre.
-
-    ``weight`` already leaves out the centre and the planes next to it. Returns the
-    median and its variance (the candidates' robust spread, at least their typical
-    propagated noise); NaN where fewer than three neighbours take part.
-    """
-    deriv = np.gradient(n_val, axis=1)
-    rows = np.arange(n_val.shape[0])
-    w = weight[:, :, None]
-    wn, wd = w * n_val, w * deriv
-    s1 = np.broadcast_to(weight.sum(axis=1)[:, None], use.shape)
-    sn, sd = wn.sum(axis=1), wd.sum(axis=1)
-    snn, snd, sdd = (wn * n_val).sum(axis=1), (wn * deriv).sum(axis=1), (wd * deriv).sum(axis=1)
-    yv = w_val[:, :, None]
-    rhs = np.stack([np.broadcast_to((weight * w_val).sum(axis=1)[:, None], use.shape),
-                    (wn * yv).sum(axis=1), (wd * yv).sum(axis=1)], -1)
-    normal = np.stack([np.stack([s1, sn, sd], -1), np.stack([sn, snn, snd], -1),
-                       np.stack([sd, snd, sdd], -1)], -2)
-    ridge = 1e-10 * np.trace(normal, axis1=-2, axis2=-1) + 1e-300
-    normal = normal + ridge[..., None, None] * np.eye(3)
-    inv = _inverse3(normal)
-    coef = np.matmul(inv, rhs[..., None])[..., 0]
-    centre = np.stack([np.ones(use.shape), n_val[rows, centre_at], deriv[rows, centre_at]], -1)
-    cand = (centre * coef).sum(axis=-1)
-    lev = (np.matmul(inv, centre[..., None])[..., 0] * centre).sum(axis=-1)
-    # a neighbour whose value here lies far outside its range over the window (a
-    # residual of its own) extrapolates: its candidate is left out
-    typical_lev = _nanmedian_rows(np.where(use, lev, np.nan))
-    use = use & (lev <= 10.0 * typical_lev[:, None])
-    count = use.sum(axis=1)
-    cand = np.where(use, cand, np.nan)
-    med = _nanmedian_rows(cand)
-    spread = 1.4826 * _nanmedian_rows(np.abs(cand - med[:, None]))
-    typical = _nanmedian_rows(np.where(use, lev, np.nan))
-    var = np.maximum(spread * spread, typical)
-    few = count < 3
-    med[few] = np.nan
-    var[few] = np.nan
-    return med, var
-
-
-def _inverse3(a):
-    """Inverse of a stack of symmetric 3x3 matrices (last two axes), by cofactors."""
-    a00, a01, a02 = a[..., 0, 0], a[..., 0, 1], a[..., 0, 2]
-    a11, a12, a22 = a[..., 1, 1], a[..., 1, 2], a[..., 2, 2]
-    c00 = a11 * a22 - a12 * a12
-    c01 = a02 * a12 - a01 * a22
-    c02 = a01 * a12 - a02 * a11
-    c11 = a00 * a22 - a02 * a02
-    c12 = a01 * a02 - a00 * a12
-    c22 = a00 * a11 - a01 * a01
-    det = a00 * c00 + a01 * c01 + a02 * c02
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = 1.0 / det
-    return np.stack([np.stack([c00, c01, c02], -1), np.stack([c01, c11, c12], -1),
-                     np.stack([c02, c12, c22], -1)], -2) * scale[..., None, None]
-
-
-def _nanmedian_rows(a):
-    """Median of each row's finite values (NaN for an all-NaN row), without warnings."""
-    return masked_median(a.T, np.isfinite(a.T))
 
 
 def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sigma"],
@@ -513,53 +325,40 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     prediction : RobustPrediction
     """
     n_planes, m = y.shape
+    y = np.ascontiguousarray(y, dtype=float)
+    e = np.ascontiguousarray(e, dtype=float)
+    usable = np.ascontiguousarray(usable, dtype=bool)
+    neighbours = np.ascontiguousarray(neighbours, dtype=np.int64)
     sky = np.ones(m, bool) if sky is None else np.asarray(sky, bool)
-    baseline = _spectral_baseline(y, usable)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (y - baseline) / e
-    screened = usable & np.isfinite(r)
-    scale = _plane_scale(r, screened, sky, scale_window)
-    spread = scale[:, None] * np.sqrt(1 + _MEDIAN4_VAR)
-    rho = np.where(screened, r / spread, 0.0)
-    with np.errstate(invalid="ignore"):
-        bright = ~(np.abs(baseline) <= bright_snr * e)
-    screen = rho.copy()
-    # voxels that stand out of a faint spectrum are left out of every fit window
-    # (a residual's other planes must not set the fit of its neighbours)
-    # unless most neighbours stand out with it (a faint narrow line)
-    with np.errstate(invalid="ignore"):
-        outlying = screened & (np.abs(screen) > sigma) & ~bright
-    outlying = _unshared(outlying, screen, neighbours, candidate_sigma)
-    with np.errstate(invalid="ignore"):
-        candidate = usable & (bright | ~(np.abs(rho) <= candidate_sigma))
+    # rho starts as the screen's verdict, which is kept for the neighbour tests;
+    # fits overwrite rho
+    screen, rho, scale, bright, outlying, candidate = _screen(
+        y, e, usable, sky, neighbours, scale_window=scale_window, bright_snr=bright_snr,
+        sigma=sigma, candidate_sigma=candidate_sigma)
+    cand_k, cand_s = true_positions(candidate)
     value = np.full(y.shape, np.nan)
     variance = np.full(y.shape, np.nan)
     opts = {"half_window": half_window, "model_error": model_error,
             "candidate_sigma": candidate_sigma}
+    unusable_before = np.empty((n_planes + 1, m), np.int32)
+    count_unusable(usable, unusable_before)
+    common = {"opts": opts, "screen": screen, "bright": bright,
+              "nothing": np.zeros(y.shape, bool), "unusable_before": unusable_before}
 
-    def repaired_template(flags):
-        # neighbour spectra with flagged voxels replaced by their prediction
-        repaired = flags & np.isfinite(value)
-        return np.where(repaired, value, y), usable & (~flags | repaired)
-
-    def fit(where, flags):
-        ks, ss = np.nonzero(where)
-        if ks.size == 0:
-            return
-        if flags is None:
-            template, template_ok, fit_ok = y, usable, usable & ~outlying
+    def fit(ks, ss, flagged):
+        if flagged is None:
+            v, var = _predict(y, e, usable, neighbours, ks, ss, exclude=(outlying,), **common)
         else:
-            template, template_ok = repaired_template(flags)
-            fit_ok = usable & ~flags & ~outlying
-        v, var = _predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss,
-                          screen=screen, bright=bright, **opts)
-        again = ~np.isfinite(v)
-        if flags is not None and again.any():
-            # where flags leave too few planes, the flagged voxels' repaired values
-            # stand in for them
-            v[again], var[again] = _predict(template, e, usable, template, template_ok,
-                                            neighbours, ks[again], ss[again],
-                                            screen=screen, bright=bright, **opts)
+            v, var = _predict(y, e, usable, neighbours, ks, ss, exclude=(outlying, flagged[0]),
+                              flagged=flagged, repaired_value=value, **common)
+            again = ~np.isfinite(v)
+            if again.any():
+                # where flags leave too few planes, the flagged voxels' repaired
+                # values stand in for them
+                v[again], var[again] = _predict(y, e, usable, neighbours, ks[again],
+                                                ss[again], flagged=flagged,
+                                                repaired_value=value, own_repaired=True,
+                                                **common)
         value[ks, ss] = v
         variance[ks, ss] = var
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -568,110 +367,86 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         rho[ks[fitted], ss[fitted]] = z[fitted]
         # too few usable planes around a bright voxel to judge it: left alone (on
         # faint ones the screen's verdict stands; in later passes, the last one's)
-        if flags is None:
+        if flagged is None:
             undecided = ~fitted & bright[ks, ss]
             rho[ks[undecided], ss[undecided]] = 0.0
 
-    fit(candidate, None)
-    first = rho.copy()
-    first_value, first_variance = value.copy(), variance.copy()
-    flags = _grow(usable & (np.abs(rho) > sigma), rho, usable, neighbours, grow_sigma, grow)
+    fit(cand_k, cand_s, None)
+    # Where a voxel can pass sigma: the candidates, and (with a sigma below
+    # candidate_sigma) any voxel; later, also voxels flagged by growing.
+    if sigma < candidate_sigma:
+        cand_k, cand_s = np.nonzero(usable & (np.abs(rho) > sigma) | candidate)
+    # the first pass's verdicts on the bright candidates, for the later passes
+    cand_linear = cand_k * m + cand_s
+    first = rho[cand_k, cand_s]
+    first_value, first_variance = value[cand_k, cand_s], variance[cand_k, cand_s]
+    seed = np.abs(first) > sigma
+    flags, fk, fs = _grow(cand_k[seed], cand_s[seed], rho, usable, neighbours, grow_sigma, grow)
+    refitted = np.zeros(cand_k.size, bool)
     for _ in range(int(passes) - 1):
-        if not flags.any():
+        if fk.size == 0:
             break
-        # refit everything whose window or neighbours hold a flag
-        fit((candidate | flags) & _neighbourhood(flags, neighbours, half_window), flags)
+        # refit every candidate whose window or neighbours hold a flag, with the
+        # flags left out of its own window and repaired in its neighbours' spectra
+        ks, ss = near_flags(fk, fs, neighbours, int(half_window), candidate, flags,
+                            np.zeros(y.shape, bool))
+        fit(ks, ss, (flags, fk, fs))
         # On bright spectra a later fit, with fewer planes, may misjudge real
-        # structure: a voxel there stays flagged only if the first pass agrees;
-        # and where the later fit is much less precise than the first (flags took
-        # the planes that pinned it down), the first one's verdict stands.
+        # structure: a voxel there stays flagged only if the first pass agrees
+        # (its rho becomes the weaker of the two, 0 if they disagree in sign); and
+        # where the later fit is much less precise than the first (flags took the
+        # planes that pinned it down), the first one's verdict stands.
+        on_bright = bright[ks, ss]
+        refitted[np.searchsorted(cand_linear, ks[on_bright] * m + ss[on_bright])] = True
+        at = np.flatnonzero(refitted)
+        bk, bs = cand_k[at], cand_s[at]
         with np.errstate(invalid="ignore"):
-            vaguer = bright & (variance > 4.0 * first_variance)
-        value[vaguer] = first_value[vaguer]
-        variance[vaguer] = first_variance[vaguer]
-        rho[vaguer] = first[vaguer]
-        agree = np.sign(first) == np.sign(rho)
-        weaker = np.where(agree, np.sign(rho) * np.minimum(np.abs(first), np.abs(rho)), 0.0)
-        decide = np.where(bright, weaker, rho)
-        flags = _grow(usable & (np.abs(decide) > sigma), decide, usable, neighbours,
-                      grow_sigma, grow)
+            vaguer = variance[bk, bs] > 4.0 * first_variance[at]
+        value[bk[vaguer], bs[vaguer]] = first_value[at[vaguer]]
+        variance[bk[vaguer], bs[vaguer]] = first_variance[at[vaguer]]
+        now, was = np.where(vaguer, first[at], rho[bk, bs]), first[at]
+        rho[bk, bs] = np.where(np.sign(was) == np.sign(now),
+                               np.sign(now) * np.minimum(np.abs(was), np.abs(now)), 0.0)
+        extra = ~candidate[fk, fs]
+        sk, sk_s = np.concatenate([cand_k, fk[extra]]), np.concatenate([cand_s, fs[extra]])
+        seed = np.abs(rho[sk, sk_s]) > sigma
+        flags, fk, fs = _grow(sk[seed], sk_s[seed], rho, usable, neighbours, grow_sigma,
+                              grow)
     # Replacement values: a flagged voxel on a bright spectrum is predicted once
     # more without the planes next to it (unflagged tails of the same residual would
     # pull the prediction), where that leaves enough planes.
-    ks, ss = np.nonzero(flags & bright)
+    on_bright = bright[fk, fs]
+    ks, ss = fk[on_bright], fs[on_bright]
     if ks.size:
         guard = flags.copy()
         guard[1:] |= flags[:-1]
         guard[:-1] |= flags[1:]
-        template, template_ok = repaired_template(flags)
-        v, var = _predict(y, e, usable & ~guard & ~outlying, template, template_ok,
-                          neighbours, ks, ss, screen=screen, bright=bright, **opts)
+        v, var = _predict(y, e, usable, neighbours, ks, ss, exclude=(outlying, guard),
+                          flagged=(flags, fk, fs), repaired_value=value, **common)
         better = np.isfinite(v)
         value[ks[better], ss[better]] = v[better]
         variance[ks[better], ss[better]] = var[better]
-    missing = flags & ~np.isfinite(value)
+    missing = ~np.isfinite(value[fk, fs])
     if missing.any():
-        fit(missing, flags)
+        fit(fk[missing], fs[missing], (flags, fk, fs))
         # a flag no fit could predict (a faint voxel with too few usable planes
         # around it) is given the spectral baseline
-        missing = flags & ~np.isfinite(value)
-        value[missing] = baseline[missing]
-        variance[missing] = (_MEDIAN4_VAR + 1.0) * e[missing] ** 2
+        mk, ms = fk[missing], fs[missing]
+        still = ~np.isfinite(value[mk, ms])
+        mk, ms = mk[still], ms[still]
+        value[mk, ms] = [spectral_baseline(y, usable, k, s) for k, s in zip(mk, ms)]
+        variance[mk, ms] = (_MEDIAN4_VAR + 1.0) * e[mk, ms] ** 2
     return flags, RobustPrediction(value, variance, rho, scale)
 
 
-def _unshared(mask, screen, neighbours, threshold):
-    """``mask`` less the voxels most usable neighbours share (same sign, beyond ``threshold``)."""
-    ks, ss = np.nonzero(mask)
-    if ks.size == 0:
-        return mask
-    nb = neighbours[:, ss]
-    has = nb >= 0
-    level = screen[ks[None], np.where(has, nb, 0)] * np.sign(screen[ks, ss])[None]
-    shared = 2 * (has & (level > threshold)).sum(axis=0) > has.sum(axis=0)
-    out = mask.copy()
-    out[ks[shared], ss[shared]] = False
-    return out
+def _grow(ks, ss, rho, usable, neighbours, grow_sigma, steps):
+    """Flags at ``(ks, ss)`` grown to adjacent voxels (plane or spaxel) whose ``rho``
+    has the same sign and exceeds ``grow_sigma``, ``steps`` times.
 
-
-def _grow(flags, rho, ok, neighbours, grow_sigma, steps):
-    """Add voxels next to flags (plane or spaxel) whose ``rho`` has the same sign, > grow_sigma."""
-    flags = flags.copy()
-    ks, ss = np.nonzero(flags)
-    for _ in range(int(steps)):
-        if ks.size == 0:
-            break
-        sign = np.sign(rho[ks, ss])
-        nk, ns, nsign = _adjacent(ks, ss, sign, neighbours, flags.shape[0])
-        r = rho[nk, ns]
-        new = ok[nk, ns] & ~flags[nk, ns] & (r * nsign > grow_sigma)
-        ks, ss = nk[new], ns[new]
-        flags[ks, ss] = True
-    return flags
-
-
-def _adjacent(ks, ss, payload, neighbours, n_planes):
-    """Voxels adjacent to ``(ks, ss)``: +-1 plane, or one of the 8 neighbours in the plane."""
-    nb = neighbours[:, ss]
-    valid = nb >= 0
-    k_all = np.concatenate([ks - 1, ks + 1, np.broadcast_to(ks, nb.shape)[valid]])
-    s_all = np.concatenate([ss, ss, nb[valid]])
-    p_all = np.concatenate([payload, payload, np.broadcast_to(payload, nb.shape)[valid]])
-    inside = (k_all >= 0) & (k_all < n_planes)
-    return k_all[inside], s_all[inside], p_all[inside]
-
-
-def _neighbourhood(flags, neighbours, half_window):
-    """Voxels within ``half_window`` planes of a flag in its spaxel or a neighbouring one."""
-    n_planes, m = flags.shape
-    ks, ss = np.nonzero(flags)
-    nb = neighbours[:, ss]
-    valid = nb >= 0
-    k_sp = np.concatenate([ks, np.broadcast_to(ks, nb.shape)[valid]])
-    s_sp = np.concatenate([ss, nb[valid]])
-    mark = np.zeros(flags.shape, bool)
-    for step in range(-int(half_window), int(half_window) + 1):
-        k = k_sp + step
-        inside = (k >= 0) & (k < n_planes)
-        mark[k[inside], s_sp[inside]] = True
-    return mark
+    Returns the flag mask and the planes and spaxels of its flags
+    (:func:`layerclip.robust_kernels.grow_flags`).
+    """
+    flags = np.zeros(rho.shape, bool)
+    fk, fs = grow_flags(np.ascontiguousarray(ks, np.int64), np.ascontiguousarray(ss, np.int64),
+                        rho, usable, neighbours, float(grow_sigma), int(steps), flags)
+    return flags, fk, fs

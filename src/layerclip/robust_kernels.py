@@ -1,0 +1,752 @@
+"""Compiled per-voxel fits of robust mode (numba).
+
+:func:`predict_voxels` makes, for each voxel it is given, the three predictions that
+:mod:`layerclip.robust` describes (the joint neighbour-basis fit with the voxel left
+out, the same without the planes next to it, and the median of single-neighbour
+fits) and keeps the one the rules there choose. A few thousand small least-squares
+problems per cube are what a loop does well and array code does badly (most of the
+array code's time goes to building and indexing temporaries), so this part is
+compiled; everything else in robust mode stays array code.
+
+The functions take plain arrays only, release the GIL and are cached on disk after
+their first compilation. ``tests/robust_reference.py`` keeps an independent
+vectorised NumPy version of the same computation, which the tests compare with.
+"""
+
+import numpy as np
+from numba import njit
+
+# Neighbour order as in robust._OFFSETS: NW N NE W E SW S SE.
+# The basis: 1, edge sum (N W E S), diagonal sum (NW NE SW SE), E - W, N - S.
+_N_BASIS = 5
+_MIN_FIT_POINTS = 8
+# Planes either side of a voxel whose leave-one-out misfit bounds its model error.
+_NEAR_PLANES = 2
+# Neighbours whose median |value| / ERR on the plane is below this hold no signal.
+_QUIET = 3.0
+# A miss of the planes next to a bright voxel beyond this (in ERR) marks a residual's tail.
+_TAIL_SIGMA = 5.0
+
+_JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+
+@njit(**_JIT)
+def _median(buf, n):
+    """Median of ``buf[:n]`` (sorted in place); NaN when ``n`` is 0."""
+    if n == 0:
+        return np.nan
+    for i in range(1, n):
+        v = buf[i]
+        j = i - 1
+        while j >= 0 and buf[j] > v:
+            buf[j + 1] = buf[j]
+            j -= 1
+        buf[j + 1] = v
+    return 0.5 * (buf[(n - 1) // 2] + buf[n // 2])
+
+
+@njit(**_JIT)
+def _cholesky(a, size):
+    """Lower Cholesky factor of the symmetric ``a`` (lower triangle used), in place.
+
+    The diagonal holds the factor's reciprocal diagonal (which is all the solves
+    need). A pivot that is not positive (a singular matrix) makes the factor NaN.
+    """
+    for j in range(size):
+        d = a[j, j]
+        for p in range(j):
+            d -= a[j, p] * a[j, p]
+        inv_d = 1.0 / np.sqrt(d) if d > 0.0 else np.nan
+        a[j, j] = inv_d
+        for i in range(j + 1, size):
+            v = a[i, j]
+            for p in range(j):
+                v -= a[i, p] * a[j, p]
+            a[i, j] = v * inv_d
+
+
+@njit(**_JIT)
+def _forward_norm2(chol, rows, j, size, tmp):
+    """``|L^-1 v|^2`` for ``v = rows[j]`` and the factor of :func:`_cholesky`.
+
+    That is ``v @ inv(L L^T) @ v``.
+    """
+    total = 0.0
+    for i in range(size):
+        x = rows[j, i]
+        for p in range(i):
+            x -= chol[i, p] * tmp[p]
+        x *= chol[i, i]
+        tmp[i] = x
+        total += x * x
+    return total
+
+
+@njit(**_JIT)
+def _inverse_from_cholesky(chol, inv, size):
+    """Lower triangle of ``(L L^T)^-1`` from the factor of :func:`_cholesky`."""
+    # L^-1, lower triangular, into the upper triangle of inv (transposed), then
+    # inv[a, b] = sum_p L^-1[p, a] L^-1[p, b] for p >= a >= b
+    for j in range(size):
+        inv[j, j] = chol[j, j]
+        for i in range(j + 1, size):
+            x = 0.0
+            for p in range(j, i):
+                x -= chol[i, p] * inv[j, p]
+            inv[j, i] = x * chol[i, i]
+    for a in range(size):
+        for b in range(a + 1):
+            total = 0.0
+            for p in range(a, size):
+                total += inv[a, p] * inv[b, p]
+            inv[a, b] = total
+
+
+@njit(**_JIT)
+def _fit_window(basis, wv, weight, length, centre, rank, e2, model_error, chol, inv, coef,
+                resid, scratch):
+    """Weighted least-squares fit of one window, evaluated at ``centre``.
+
+    One robust step drops the worst-fitted point when it lies beyond 4 sigma and
+    beyond four times the typical miss, and fits again (``weight`` is updated).
+    Returns the prediction, its variance (NaN with too few points) and the largest
+    miss, in ERR, of the planes next to the centre among the points given.
+    """
+    given_prev = weight[max(centre - 1, 0)]
+    given_next = weight[min(centre + 1, length - 1)]
+    tmp = scratch[:_N_BASIS]
+    n_fit = 0
+    chi2 = 0.0
+    for attempt in range(2):
+        for a in range(_N_BASIS):
+            for b in range(a + 1):
+                chol[a, b] = 0.0
+            coef[a] = 0.0
+        for j in range(length):
+            w = weight[j]
+            if w > 0.0:
+                for a in range(_N_BASIS):
+                    wa = w * basis[j, a]
+                    coef[a] += wa * wv[j]
+                    for b in range(a + 1):
+                        chol[a, b] += wa * basis[j, b]
+        trace = 0.0
+        for a in range(_N_BASIS):
+            trace += chol[a, a]
+        ridge = 1e-10 * trace + 1e-300
+        for a in range(_N_BASIS):
+            chol[a, a] += ridge
+        _cholesky(chol, _N_BASIS)
+        # coef = (L L^T)^-1 rhs: forward, then back substitution
+        for i in range(_N_BASIS):
+            x = coef[i]
+            for p in range(i):
+                x -= chol[i, p] * coef[p]
+            coef[i] = x * chol[i, i]
+        for i in range(_N_BASIS - 1, -1, -1):
+            x = coef[i]
+            for p in range(i + 1, _N_BASIS):
+                x -= chol[p, i] * coef[p]
+            coef[i] = x * chol[i, i]
+        n_fit = 0
+        sum_t2 = 0.0
+        worst = 0
+        worst_t2 = -1.0
+        for j in range(length):
+            model = 0.0
+            for a in range(_N_BASIS):
+                model += basis[j, a] * coef[a]
+            resid[j] = wv[j] - model
+            t2 = weight[j] * resid[j] * resid[j]
+            if weight[j] > 0.0:
+                n_fit += 1
+                sum_t2 += t2
+            if t2 > worst_t2:
+                worst_t2 = t2
+                worst = j
+        chi2 = sum_t2 / max(n_fit - rank, 1)
+        if attempt == 1:
+            break
+        t_worst = np.sqrt(worst_t2)
+        if not t_worst > 4.0:
+            break
+        m = 0
+        for j in range(length):
+            if weight[j] > 0.0:
+                scratch[_N_BASIS + m] = weight[j] * resid[j] * resid[j]
+                m += 1
+        typical = np.sqrt(_median(scratch[_N_BASIS:], m))
+        if not t_worst > 4.0 * typical / 0.6745:
+            break
+        weight[worst] = 0.0
+    leverage = _forward_norm2(chol, basis, centre, _N_BASIS, tmp)
+    value = 0.0
+    for a in range(_N_BASIS):
+        value += basis[centre, a] * coef[a]
+    # the inverse normal matrix, (L L^T)^-1 = L^-T L^-1, for the hat values
+    _inverse_from_cholesky(chol, inv, _N_BASIS)
+    press_sum = 0.0
+    near_max = 0.0
+    for j in range(length):
+        if weight[j] > 0.0:
+            quad = 0.0
+            for a in range(_N_BASIS):
+                ba = basis[j, a]
+                quad += ba * ba * inv[a, a]
+                for b in range(a):
+                    quad += 2.0 * ba * basis[j, b] * inv[a, b]
+            hat = weight[j] * quad
+            press = weight[j] * resid[j] * resid[j] / max(1.0 - hat, 0.05) ** 2
+            press_sum += press
+            if abs(j - centre) <= _NEAR_PLANES and press > near_max:
+                near_max = press
+    excess = max(press_sum / max(n_fit, 1) - 1.0, near_max - 4.0)
+    variance = leverage * max(chi2, 1.0) + model_error * max(excess, 0.0) * e2
+    if n_fit < _MIN_FIT_POINTS:
+        value = np.nan
+        variance = np.nan
+    prev = given_prev * resid[max(centre - 1, 0)] ** 2
+    nxt = given_next * resid[min(centre + 1, length - 1)] ** 2
+    return value, variance, np.sqrt(max(prev, nxt))
+
+
+@njit(**_JIT)
+def _median_of_neighbours(wv, weight, n_val, deriv, use, length, centre, cand, lev, buf):
+    """Median over neighbours of the fits ``b + a n + c n'`` at the centre, and its variance.
+
+    ``weight`` leaves out the centre and the planes next to it; ``deriv`` is each
+    neighbour's ``np.gradient`` along the window. A neighbour whose
+    leverage exceeds ten times the typical one (it extrapolates) is left out; NaN
+    where fewer than three take part.
+    """
+    for q in range(8):
+        cand[q] = np.nan
+        lev[q] = np.nan
+        if not use[q]:
+            continue
+        # normal equations of the fit (sums over the window), inverted by cofactors
+        a00 = a01 = a02 = a11 = a12 = a22 = 0.0
+        r0 = r1 = r2 = 0.0
+        for j in range(length):
+            w = weight[j]
+            if w > 0.0:
+                n = n_val[j, q]
+                d = deriv[j, q]
+                wn = w * n
+                wd = w * d
+                a00 += w
+                a01 += wn
+                a02 += wd
+                a11 += wn * n
+                a12 += wn * d
+                a22 += wd * d
+                r0 += w * wv[j]
+                r1 += wn * wv[j]
+                r2 += wd * wv[j]
+        ridge = 1e-10 * (a00 + a11 + a22) + 1e-300
+        a00 += ridge
+        a11 += ridge
+        a22 += ridge
+        c00 = a11 * a22 - a12 * a12
+        c01 = a02 * a12 - a01 * a22
+        c02 = a01 * a12 - a02 * a11
+        c11 = a00 * a22 - a02 * a02
+        c12 = a01 * a02 - a00 * a12
+        c22 = a00 * a11 - a01 * a01
+        scale = 1.0 / (a00 * c00 + a01 * c01 + a02 * c02)
+        v1 = n_val[centre, q]
+        v2 = deriv[centre, q]
+        # inv @ v for v = (1, n, n') at the centre; the prediction is v . inv . rhs
+        u0 = (c00 + c01 * v1 + c02 * v2) * scale
+        u1 = (c01 + c11 * v1 + c12 * v2) * scale
+        u2 = (c02 + c12 * v1 + c22 * v2) * scale
+        cand[q] = u0 * r0 + u1 * r1 + u2 * r2
+        lev[q] = u0 + u1 * v1 + u2 * v2
+    n = 0
+    for q in range(8):
+        if use[q] and np.isfinite(lev[q]):
+            buf[n] = lev[q]
+            n += 1
+    typical_lev = _median(buf, n)
+    n = 0
+    for q in range(8):
+        if use[q] and lev[q] <= 10.0 * typical_lev and np.isfinite(cand[q]):
+            buf[n] = cand[q]
+            n += 1
+    count = 0
+    for q in range(8):
+        if use[q] and lev[q] <= 10.0 * typical_lev:
+            count += 1
+    med = _median(buf, n)
+    n = 0
+    for q in range(8):
+        if use[q] and lev[q] <= 10.0 * typical_lev and np.isfinite(cand[q]):
+            buf[n] = abs(cand[q] - med)
+            n += 1
+    spread = 1.4826 * _median(buf, n)
+    n = 0
+    for q in range(8):
+        if use[q] and lev[q] <= 10.0 * typical_lev and np.isfinite(lev[q]):
+            buf[n] = lev[q]
+            n += 1
+    typical = _median(buf, n)
+    var = max(spread * spread, typical) if np.isfinite(spread) and np.isfinite(typical) \
+        else np.nan
+    if count < 3:
+        return np.nan, np.nan
+    return med, var
+
+
+@njit(**_JIT)
+def _gradient(n_val, j, q, length):
+    """``np.gradient`` of neighbour ``q``'s window at ``j`` (one-sided at the ends)."""
+    if length < 2:
+        return 0.0
+    if j == 0:
+        return n_val[1, q] - n_val[0, q]
+    if j == length - 1:
+        return n_val[length - 1, q] - n_val[length - 2, q]
+    return 0.5 * (n_val[j + 1, q] - n_val[j - 1, q])
+
+
+@njit(**_JIT)
+def _repaired(y, repaired, repaired_value, k, s):
+    """``repaired_value`` where repaired and finite, else ``y``."""
+    if repaired[k, s]:
+        v = repaired_value[k, s]
+        if np.isfinite(v):
+            return v
+    return y[k, s]
+
+
+@njit(**_JIT)
+def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired,
+                   repaired_value, any_repaired, any_broken, own_repaired, neighbours, ks, ss,
+                   half_window, model_error, screen, bright, use_screen, candidate_sigma,
+                   value_out, variance_out):
+    """Predictions and their variances for the voxels ``(ks[i], ss[i])``.
+
+    Parameters
+    ----------
+    y, e : ndarray, shape (n_planes, m)
+        Flux and ERR (float64).
+    usable : ndarray of bool
+        Voxels that hold usable data.
+    unusable_before : ndarray of int32, shape (n_planes + 1, m)
+        From :func:`count_unusable`.
+    exclude_a, exclude_b : ndarray of bool
+        Voxels a spaxel's own fit may not use (besides unusable ones).
+    repaired, repaired_value : ndarray
+        Where ``repaired`` and ``repaired_value`` is finite, a neighbour's spectrum
+        takes ``repaired_value`` instead of ``y``; where ``repaired`` and it is not
+        finite, the neighbour is unusable there. A neighbour is used for a voxel
+        only if it is usable on every plane of the window.
+    any_repaired, any_broken : bool
+        Whether ``repaired`` marks any voxel, and any without a finite value (when
+        not, those arrays are not read).
+    own_repaired : bool
+        The spaxel's own window is read repaired too, and only unusable voxels are
+        left out of it (``exclude_a`` and ``exclude_b`` are ignored).
+    neighbours : ndarray of int64, shape (8, m)
+    ks, ss : ndarray of int64
+    half_window : int
+    model_error : float
+    screen, bright : ndarray
+        The screen's normalised residual and where spectra are bright; read only
+        when ``use_screen``.
+    candidate_sigma : float
+    value_out, variance_out : ndarray of float64, shape (len(ks),)
+        Filled with the predictions and variances (NaN where too few points).
+    """
+    n_planes = y.shape[0]
+    length = min(2 * half_window + 1, n_planes)
+    wv = np.empty(length)
+    weight = np.empty(length)
+    weight3 = np.empty(length)
+    n_val = np.empty((length, 8))
+    deriv = np.empty((length, 8))
+    basis = np.empty((length, _N_BASIS))
+    use = np.empty(8, np.bool_)
+    level = np.empty(8)
+    cand = np.empty(8)
+    lev = np.empty(8)
+    buf = np.empty(max(length, 8))
+    chol = np.empty((_N_BASIS, _N_BASIS))
+    inv = np.empty((_N_BASIS, _N_BASIS))
+    coef = np.empty(_N_BASIS)
+    resid = np.empty(length)
+    scratch = np.empty(_N_BASIS + length)
+    for i in range(ks.size):
+        k = ks[i]
+        s = ss[i]
+        first = min(max(k - half_window, 0), n_planes - length)
+        centre = k - first
+        for j in range(length):
+            kk = first + j
+            if own_repaired:
+                ok = usable[kk, s]
+                v = _repaired(y, repaired, repaired_value, kk, s)
+            else:
+                ok = usable[kk, s] and not exclude_a[kk, s] and not exclude_b[kk, s]
+                v = y[kk, s]
+            if ok:
+                wv[j] = v
+                weight[j] = 1.0 / (e[kk, s] * e[kk, s])
+            else:
+                wv[j] = 0.0
+                weight[j] = 0.0
+        n_use = 0
+        for q in range(8):
+            nb = neighbours[q, s]
+            ok = nb >= 0 and unusable_before[first + length, nb] == unusable_before[first, nb]
+            if ok and any_broken:
+                for j in range(length):
+                    kk = first + j
+                    if repaired[kk, nb] and not np.isfinite(repaired_value[kk, nb]):
+                        ok = False
+                        break
+            use[q] = ok
+            if ok:
+                n_use += 1
+        if use_screen and n_use > 0:
+            # neighbours that stand out from their own spectrum on this plane are
+            # left out of the basis when they are a minority
+            n = 0
+            for q in range(8):
+                if use[q]:
+                    level[q] = abs(screen[k, neighbours[q, s]])
+                    buf[n] = level[q]
+                    n += 1
+            typical = _median(buf, n)
+            n_hit = 0
+            for q in range(8):
+                if use[q]:
+                    nb = neighbours[q, s]
+                    hit = level[q] > candidate_sigma and (
+                        not bright[k, nb] or level[q] > 4.0 * typical + candidate_sigma)
+                    level[q] = 1.0 if hit else 0.0
+                    n_hit += hit
+            if 2 * n_hit <= n_use:
+                for q in range(8):
+                    if use[q] and level[q] > 0.0:
+                        use[q] = False
+                        n_use -= 1
+        for j in range(length):
+            kk = first + j
+            for q in range(8):
+                if not use[q]:
+                    n_val[j, q] = 0.0
+                elif any_repaired:
+                    n_val[j, q] = _repaired(y, repaired, repaired_value, kk, neighbours[q, s])
+                else:
+                    n_val[j, q] = y[kk, neighbours[q, s]]
+            basis[j, 0] = 1.0
+            basis[j, 1] = n_val[j, 1] + n_val[j, 3] + n_val[j, 4] + n_val[j, 6]
+            basis[j, 2] = n_val[j, 0] + n_val[j, 2] + n_val[j, 5] + n_val[j, 7]
+            basis[j, 3] = n_val[j, 4] - n_val[j, 3]
+            basis[j, 4] = n_val[j, 6] - n_val[j, 1]
+        rank = 5 if n_use > 0 else 1
+        e2 = e[k, s] * e[k, s]
+        weight[centre] = 0.0
+        for j in range(length):
+            weight3[j] = weight[j]
+        weight3[max(centre - 1, 0)] = 0.0
+        weight3[min(centre + 1, length - 1)] = 0.0
+        # (1) the joint fit without the voxel; (2) also without the planes next to
+        # it; (3) the median of single-neighbour fits, where the neighbours hold no
+        # signal on this plane. (2) is made where it can be chosen, (3) where quiet.
+        n = 0
+        for q in range(8):
+            if use[q]:
+                v = abs(n_val[centre, q]) / e[k, neighbours[q, s]]
+                if np.isfinite(v):
+                    buf[n] = v
+                    n += 1
+        quiet = not (_median(buf, n) > _QUIET)
+        on_bright = use_screen and bright[k, s]
+        value, variance, adjacent = _fit_window(basis, wv, weight, length, centre, rank, e2,
+                                                model_error, chol, inv, coef, resid, scratch)
+        if quiet or not on_bright or adjacent > _TAIL_SIGMA:
+            # on a bright, sharply peaked spectrum the fit without the planes next
+            # to the voxel extrapolates the peak from its wings, and undershoots
+            # it: it is used there only when the first fit misses a plane next to
+            # the voxel badly (the tail of a residual)
+            value3, variance3, _ = _fit_window(basis, wv, weight3, length, centre, rank, e2,
+                                               model_error, chol, inv, coef, resid, scratch)
+            if variance3 < variance and (not on_bright or adjacent > _TAIL_SIGMA):
+                value = value3
+                variance = variance3
+        if quiet:
+            for j in range(length):
+                for q in range(8):
+                    deriv[j, q] = _gradient(n_val, j, q, length)
+            value_nb, variance_nb = _median_of_neighbours(wv, weight3, n_val, deriv, use,
+                                                          length, centre, cand, lev, buf)
+            # the joint fit is replaced where it disagrees with the median beyond
+            # their uncertainties (a neighbour spoiled it), or is the less precise
+            if (abs(value - value_nb) > 3.0 * np.sqrt(variance + variance_nb)
+                    or variance > variance_nb):
+                value = value_nb
+                variance = variance_nb
+        value_out[i] = value
+        variance_out[i] = variance
+
+
+@njit(**_JIT)
+def count_unusable(usable, out):
+    """``out[k, s]``: how many of spaxel ``s``'s planes before ``k`` are unusable."""
+    n_planes, m = usable.shape
+    for s in range(m):
+        out[0, s] = 0
+    for k in range(n_planes):
+        for s in range(m):
+            out[k + 1, s] = out[k, s] + (0 if usable[k, s] else 1)
+
+
+@njit(**_JIT)
+def spectral_baseline(y, usable, k, s):
+    """Median of spaxel ``s``'s usable values at planes ``k-3, k-2, k+2, k+3`` (NaN if none)."""
+    n_planes = y.shape[0]
+    count = 0
+    total = 0.0
+    hi = -np.inf
+    lo = np.inf
+    for d in (-3, -2, 2, 3):
+        kk = k + d
+        if 0 <= kk < n_planes and usable[kk, s]:
+            v = y[kk, s]
+            total += v
+            hi = max(hi, v)
+            lo = min(lo, v)
+            count += 1
+    if count == 4:
+        return 0.5 * (total - hi - lo)
+    if count == 3:
+        return total - hi - lo
+    if count == 2:
+        return 0.5 * total
+    if count == 1:
+        return total
+    return np.nan
+
+
+@njit(**_JIT)
+def _select(buf, n, kth):
+    """The ``kth`` smallest of ``buf[:n]`` (partially reordered in place; Hoare's quickselect)."""
+    lo, hi = 0, n - 1
+    while lo < hi:
+        pivot = buf[(lo + hi) // 2]
+        i, j = lo, hi
+        while i <= j:
+            while buf[i] < pivot:
+                i += 1
+            while buf[j] > pivot:
+                j -= 1
+            if i <= j:
+                buf[i], buf[j] = buf[j], buf[i]
+                i += 1
+                j -= 1
+        if kth <= j:
+            hi = j
+        elif kth >= i:
+            lo = i
+        else:
+            break
+    return buf[kth]
+
+
+@njit(**_JIT)
+def screen_residual(y, e, usable, bright_snr, residual, bright):
+    """The screen's residual ``(y - baseline) / e`` and where spectra are bright, in place.
+
+    The baseline is :func:`spectral_baseline`; the residual is NaN where it cannot
+    be formed or the voxel is unusable. ``bright`` marks a baseline not below
+    ``bright_snr`` x ERR (or none).
+    """
+    n_planes, m = y.shape
+    for k in range(n_planes):
+        inside = 3 <= k < n_planes - 3
+        for s in range(m):
+            if inside and usable[k - 3, s] and usable[k - 2, s] and usable[k + 2, s] \
+                    and usable[k + 3, s]:
+                # the common case, written out (same arithmetic as spectral_baseline)
+                a, b, c, d = y[k - 3, s], y[k - 2, s], y[k + 2, s], y[k + 3, s]
+                hi = max(max(a, b), max(c, d))
+                lo = min(min(a, b), min(c, d))
+                baseline = 0.5 * (a + b + c + d - hi - lo)
+            else:
+                baseline = spectral_baseline(y, usable, k, s)
+            r = (y[k, s] - baseline) / e[k, s]
+            residual[k, s] = r if usable[k, s] else np.nan
+            bright[k, s] = not (abs(baseline) <= bright_snr * e[k, s])
+
+
+@njit(**_JIT)
+def plane_mad(residual, cols, min_count, out):
+    """Per plane, the median of the finite ``|residual|`` over the spaxels ``cols``.
+
+    NaN where fewer than ``min_count`` values are finite.
+    """
+    n_planes = residual.shape[0]
+    buf = np.empty(cols.size)
+    for k in range(n_planes):
+        n = 0
+        for c in cols:
+            v = residual[k, c]
+            if np.isfinite(v):
+                buf[n] = abs(v)
+                n += 1
+        if n < min_count:
+            out[k] = np.nan
+            continue
+        upper = _select(buf, n, n // 2)
+        if n % 2:
+            out[k] = upper
+        else:
+            # the largest of the lower half, which quickselect left below position n // 2
+            lower = buf[0]
+            for i in range(1, n // 2):
+                lower = max(lower, buf[i])
+            out[k] = 0.5 * (lower + upper)
+
+
+@njit(**_JIT)
+def screen_voxels(rho, spread, usable, bright, neighbours, sigma, candidate_sigma, screen,
+                  outlying, candidate):
+    """The screen's verdicts for every voxel of a block, filled in place.
+
+    ``rho`` holds the residual of :func:`screen_residual` and is divided by the
+    plane's ``spread`` (0 where not finite); ``screen`` receives a copy.
+    ``outlying`` marks faint voxels beyond ``sigma`` that most of their neighbours do
+    not share (same sign, beyond ``candidate_sigma``); ``candidate`` marks usable
+    voxels that are bright or beyond ``candidate_sigma``.
+    """
+    n_planes, m = rho.shape
+    for k in range(n_planes):
+        inv_spread = 1.0 / spread[k]
+        for s in range(m):
+            r = rho[k, s]
+            r = r * inv_spread if np.isfinite(r) else 0.0
+            rho[k, s] = r
+            screen[k, s] = r
+        for s in range(m):
+            value = rho[k, s]
+            out = abs(value) > sigma and not bright[k, s] and usable[k, s]
+            if out:
+                n_has = 0
+                n_shared = 0
+                sign = 1.0 if value > 0 else -1.0
+                for q in range(8):
+                    nb = neighbours[q, s]
+                    if nb >= 0:
+                        n_has += 1
+                        if rho[k, nb] * sign > candidate_sigma:
+                            n_shared += 1
+                out = not (2 * n_shared > n_has)
+            outlying[k, s] = out
+            candidate[k, s] = usable[k, s] and (bright[k, s]
+                                                or not (abs(value) <= candidate_sigma))
+
+
+@njit(**_JIT)
+def grow_flags(ks, ss, rho, usable, neighbours, grow_sigma, steps, flags):
+    """Flags at ``(ks, ss)`` grown ``steps`` times to adjacent voxels.
+
+    Adjacent means one plane up or down in the same spaxel, or one of the eight
+    neighbouring spaxels in the same plane; a voxel joins when it is usable and its
+    ``rho`` has the flag's sign and exceeds ``grow_sigma``. ``flags`` (all False
+    on entry) receives the mask; returns the planes and spaxels of every flag.
+    """
+    n_planes = rho.shape[0]
+    out_k = np.empty(ks.size, np.int64)
+    out_s = np.empty(ks.size, np.int64)
+    n = 0
+    for i in range(ks.size):
+        if not flags[ks[i], ss[i]]:
+            flags[ks[i], ss[i]] = True
+            out_k[n] = ks[i]
+            out_s[n] = ss[i]
+            n += 1
+    start = 0
+    for _ in range(steps):
+        stop = n
+        if stop == start:
+            break
+        for i in range(start, stop):
+            k, s = out_k[i], out_s[i]
+            sign = np.sign(rho[k, s])
+            for a in range(10):
+                if a < 8:
+                    kk, sa = k, neighbours[a, s]
+                else:
+                    kk, sa = (k - 1 if a == 8 else k + 1), s
+                if sa < 0 or kk < 0 or kk >= n_planes:
+                    continue
+                if flags[kk, sa] or not usable[kk, sa] or not rho[kk, sa] * sign > grow_sigma:
+                    continue
+                flags[kk, sa] = True
+                if n == out_k.size:
+                    out_k = _enlarged(out_k)
+                    out_s = _enlarged(out_s)
+                out_k[n] = kk
+                out_s[n] = sa
+                n += 1
+        start = stop
+    return out_k[:n].copy(), out_s[:n].copy()
+
+
+@njit(**_JIT)
+def _enlarged(a):
+    """``a`` copied into an array twice as long (at least 16)."""
+    out = np.empty(max(2 * a.size, 16), a.dtype)
+    out[:a.size] = a
+    return out
+
+
+@njit(**_JIT)
+def near_flags(fk, fs, neighbours, half_window, select_a, select_b, mark):
+    """Voxels within ``half_window`` planes of a flag, in its spaxel or a neighbouring one.
+
+    Only voxels where ``select_a`` or ``select_b`` holds are returned, each once;
+    ``mark`` (all False on entry) is used to tell them apart.
+    """
+    n_planes = mark.shape[0]
+    out_k = np.empty(16, np.int64)
+    out_s = np.empty(16, np.int64)
+    n = 0
+    for i in range(fk.size):
+        for a in range(9):
+            sa = fs[i] if a == 8 else neighbours[a, fs[i]]
+            if sa < 0:
+                continue
+            for kk in range(max(fk[i] - half_window, 0), min(fk[i] + half_window + 1, n_planes)):
+                if mark[kk, sa] or not (select_a[kk, sa] or select_b[kk, sa]):
+                    continue
+                mark[kk, sa] = True
+                if n == out_k.size:
+                    out_k = _enlarged(out_k)
+                    out_s = _enlarged(out_s)
+                out_k[n] = kk
+                out_s[n] = sa
+                n += 1
+    return out_k[:n].copy(), out_s[:n].copy()
+
+
+@njit(**_JIT)
+def true_positions(mask):
+    """Planes and spaxels where the 2-D ``mask`` is True (``np.nonzero``'s order)."""
+    n_planes, m = mask.shape
+    count = 0
+    for k in range(n_planes):
+        for s in range(m):
+            count += mask[k, s]
+    ks = np.empty(count, np.int64)
+    ss = np.empty(count, np.int64)
+    n = 0
+    for k in range(n_planes):
+        for s in range(m):
+            if mask[k, s]:
+                ks[n] = k
+                ss[n] = s
+                n += 1
+    return ks, ss
