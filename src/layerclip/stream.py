@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 # Working memory per voxel of a block while it is clipped (peak traced allocations
 # of clip_cube on a 2000 x 60 x 60 cube: about 40 bytes per clipped voxel in paper mode,
-# 189 in robust mode, whose screen and fits hold a dozen float64 arrays).
+# 114 in robust mode, whose screen and fits hold half a dozen float64 arrays; robust
+# keeps 200 as a margin).
 _BYTES_PER_VOXEL = {"paper": 40, "robust": 200}
 
 
