@@ -46,6 +46,17 @@ def _median(buf, n):
 
 
 @njit(**_JIT)
+def _finite_median(values, keep, buf):
+    """Median of the finite ``values[q]`` where ``keep[q]`` (NaN if none)."""
+    n = 0
+    for q in range(values.size):
+        if keep[q] and np.isfinite(values[q]):
+            buf[n] = values[q]
+            n += 1
+    return _median(buf, n)
+
+
+@njit(**_JIT)
 def _cholesky(a, size):
     """Lower Cholesky factor of the symmetric ``a`` (lower triangle used), in place.
 
@@ -211,7 +222,8 @@ def _fit_window(basis, wv, weight, length, centre, rank, e2, model_error, chol, 
 
 
 @njit(**_JIT)
-def _median_of_neighbours(wv, weight, n_val, deriv, use, length, centre, cand, lev, buf):
+def _median_of_neighbours(wv, weight, n_val, deriv, use, length, centre, cand, lev, keep,
+                          deviation, buf):
     """Median over neighbours of the fits ``b + a n + c n'`` at the centre, and its variance.
 
     ``weight`` leaves out the centre and the planes next to it; ``deriv`` is each
@@ -262,34 +274,16 @@ def _median_of_neighbours(wv, weight, n_val, deriv, use, length, centre, cand, l
         u2 = (c02 + c12 * v1 + c22 * v2) * scale
         cand[q] = u0 * r0 + u1 * r1 + u2 * r2
         lev[q] = u0 + u1 * v1 + u2 * v2
-    n = 0
-    for q in range(8):
-        if use[q] and np.isfinite(lev[q]):
-            buf[n] = lev[q]
-            n += 1
-    typical_lev = _median(buf, n)
-    n = 0
-    for q in range(8):
-        if use[q] and lev[q] <= 10.0 * typical_lev and np.isfinite(cand[q]):
-            buf[n] = cand[q]
-            n += 1
+    typical_lev = _finite_median(lev, use, buf)
     count = 0
     for q in range(8):
-        if use[q] and lev[q] <= 10.0 * typical_lev:
-            count += 1
-    med = _median(buf, n)
-    n = 0
+        keep[q] = use[q] and lev[q] <= 10.0 * typical_lev
+        count += keep[q]
+    med = _finite_median(cand, keep, buf)
     for q in range(8):
-        if use[q] and lev[q] <= 10.0 * typical_lev and np.isfinite(cand[q]):
-            buf[n] = abs(cand[q] - med)
-            n += 1
-    spread = 1.4826 * _median(buf, n)
-    n = 0
-    for q in range(8):
-        if use[q] and lev[q] <= 10.0 * typical_lev and np.isfinite(lev[q]):
-            buf[n] = lev[q]
-            n += 1
-    typical = _median(buf, n)
+        deviation[q] = abs(cand[q] - med)
+    spread = 1.4826 * _finite_median(deviation, keep, buf)
+    typical = _finite_median(lev, keep, buf)
     var = max(spread * spread, typical) if np.isfinite(spread) and np.isfinite(typical) \
         else np.nan
     if count < 3:
@@ -370,6 +364,8 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
     level = np.empty(8)
     cand = np.empty(8)
     lev = np.empty(8)
+    keep = np.empty(8, np.bool_)
+    deviation = np.empty(8)
     buf = np.empty(max(length, 8))
     chol = np.empty((_N_BASIS, _N_BASIS))
     inv = np.empty((_N_BASIS, _N_BASIS))
@@ -481,7 +477,8 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                 for q in range(8):
                     deriv[j, q] = _gradient(n_val, j, q, length)
             value_nb, variance_nb = _median_of_neighbours(wv, weight3, n_val, deriv, use,
-                                                          length, centre, cand, lev, buf)
+                                                          length, centre, cand, lev, keep,
+                                                          deviation, buf)
             # the joint fit is replaced where it disagrees with the median beyond
             # their uncertainties (a neighbour spoiled it), or is the less precise
             if (abs(value - value_nb) > 3.0 * np.sqrt(variance + variance_nb)
@@ -685,22 +682,24 @@ def grow_flags(ks, ss, rho, usable, neighbours, grow_sigma, steps, flags):
                 if flags[kk, sa] or not usable[kk, sa] or not rho[kk, sa] * sign > grow_sigma:
                     continue
                 flags[kk, sa] = True
-                if n == out_k.size:
-                    out_k = _enlarged(out_k)
-                    out_s = _enlarged(out_s)
-                out_k[n] = kk
-                out_s[n] = sa
+                out_k, out_s = _append(out_k, out_s, n, kk, sa)
                 n += 1
         start = stop
     return out_k[:n].copy(), out_s[:n].copy()
 
 
 @njit(**_JIT)
-def _enlarged(a):
-    """``a`` copied into an array twice as long (at least 16)."""
-    out = np.empty(max(2 * a.size, 16), a.dtype)
-    out[:a.size] = a
-    return out
+def _append(out_k, out_s, n, k, s):
+    """Store ``(k, s)`` at position ``n``, doubling both arrays when full; returns them."""
+    if n == out_k.size:
+        bigger_k = np.empty(max(2 * n, 16), np.int64)
+        bigger_s = np.empty(max(2 * n, 16), np.int64)
+        bigger_k[:n] = out_k
+        bigger_s[:n] = out_s
+        out_k, out_s = bigger_k, bigger_s
+    out_k[n] = k
+    out_s[n] = s
+    return out_k, out_s
 
 
 @njit(**_JIT)
@@ -723,11 +722,7 @@ def near_flags(fk, fs, neighbours, half_window, select_a, select_b, mark):
                 if mark[kk, sa] or not (select_a[kk, sa] or select_b[kk, sa]):
                     continue
                 mark[kk, sa] = True
-                if n == out_k.size:
-                    out_k = _enlarged(out_k)
-                    out_s = _enlarged(out_s)
-                out_k[n] = kk
-                out_s[n] = sa
+                out_k, out_s = _append(out_k, out_s, n, kk, sa)
                 n += 1
     return out_k[:n].copy(), out_s[:n].copy()
 
