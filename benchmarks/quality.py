@@ -155,13 +155,13 @@ def run_kind(kind, methods, **settings):
 
 
 def timed(fn, *args):
-    """``fn(*args)`` and its run time: the best of three runs when one takes under a second.
+    """``fn(*args)`` and its run time: the best of five runs when one takes under a second.
 
     Tens of milliseconds vary by a factor of two from run to run on a shared
     machine; the minimum is the usual estimate of what the code itself costs.
     """
     best = np.inf
-    for attempt in range(3):
+    for attempt in range(5):
         t = time.perf_counter()
         result = fn(*args)
         best = min(best, time.perf_counter() - t)
@@ -241,7 +241,7 @@ def main():
           "from the artifact-free cube; damage = voxels without artifact changed > 3 sigma;\n"
           "flux % = brightest-line flux over the target (continuum/ringing: whole band) vs "
           "artifact-free; worst spx = largest single-spaxel change in units of its error;\n"
-          "time s = best of three runs (one run when it takes over a second)")
+          "time s = best of five runs (one run when it takes over a second)")
     print(f"robust mode's compiled kernels loaded in {warm_up():.2f} s (first call in the "
           "process; compiles once after an install)\n")
     all_fails = {}

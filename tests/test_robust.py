@@ -87,6 +87,28 @@ def test_artifacts_found_and_replaced(arc):
     assert (result.flags & ~arc.artifact_mask).sum() <= 3
 
 
+def test_replacements_on_a_faint_line_are_not_biased_low():
+    """Flagged voxels of a faint line (peak S/N ~4) get values centred on the truth.
+
+    A fit on noisy neighbour spectra dilutes the line it predicts: the five-term
+    prediction alone comes out about 1.5 ERR low here on average, a plain two-term
+    fit on the neighbour sum 0.7 ERR low.
+    """
+    errors = []
+    for seed in range(8):
+        cube = make_cube("faint", seed=seed, n_artifacts=5, on_line_fraction=1.0,
+                         negative_fraction=0.0, separate=True, amp_range=(10.0, 300.0),
+                         **SMALL)
+        lm = np.where(cube.footprint, 0, -1).astype(np.int16)
+        result = clip_cube(cube.sci, cube.err, lm)
+        on_line = (cube.model > cube.err) & cube.artifact_mask & result.flags
+        errors.append(((result.sci - cube.clean) / cube.err)[on_line])
+    errors = np.concatenate(errors)
+    assert errors.size > 50
+    assert errors.mean() > -0.6
+    assert np.median(errors) > -0.7
+
+
 def test_noise_rising_to_the_field_edge():
     """ERR normalisation: weak artifacts in quiet spaxels caught, noisy edges left alone."""
     rng = np.random.default_rng(3)

@@ -6,7 +6,8 @@ import robust_reference as reference
 
 from layerclip import robust
 from layerclip.robust_kernels import (_cholesky, _fit_window, _inverse_from_cholesky,
-                                      count_unusable, grow_flags, plane_mad, screen_residual)
+                                      count_unusable, grow_flags, plane_mad, screen_residual,
+                                      screen_voxels, sum_fit_voxels)
 from layerclip.simulate import make_cube
 
 SMALL = {"shape": (120, 17, 17), "fov_size": 13, "wave_range": (1.148, 1.176)}
@@ -89,6 +90,96 @@ def test_grow_flags_follows_sign_and_steps():
     # grows to plane 2 but never across the sign change at plane 6
     assert sorted(zip(fk, fs)) == [(2, 1), (3, 1), (4, 1), (5, 1)]
     assert flags.sum() == 4
+
+
+def _row_of_spaxels(m):
+    """Neighbour table of ``m`` spaxels in a row (slot 3 the one before, 4 the one after)."""
+    neighbours = np.full((8, m), -1, np.int64)
+    neighbours[3, 1:] = np.arange(m - 1)
+    neighbours[4, :-1] = np.arange(1, m)
+    return neighbours
+
+
+def test_sum_fit_matches_plain_least_squares(rng):
+    """The two-term fit on the summed neighbour spectrum against np.linalg.lstsq, with
+    the slope corrected for the dilution by the sum's noise."""
+    n_planes, m, h = 40, 9, 7
+    # spaxel 4 has eight neighbours: 0-3 and 5-8 (slots in order)
+    neighbours = np.full((8, m), -1, np.int64)
+    neighbours[:, 4] = [0, 1, 2, 3, 5, 6, 7, 8]
+    profile = np.exp(-0.5 * ((np.arange(n_planes) - 20) / 2.5) ** 2)
+    y = 3.0 * profile[:, None] * rng.uniform(0.5, 1.5, m) + rng.normal(0, 0.3, (n_planes, m))
+    e = rng.uniform(0.5, 1.5, size=y.shape)
+    usable = np.ones(y.shape, bool)
+    usable[17, 4] = False
+    exclude = np.zeros(y.shape, bool)
+    exclude[22, 4] = True
+    before = np.empty((n_planes + 1, m), np.int32)
+    count_unusable(usable, before)
+    nothing = np.zeros(y.shape, bool)
+    ks = np.array([19, 20, 21], np.int64)
+    ss = np.full(3, 4, np.int64)
+    value, variance = np.empty(3), np.empty(3)
+    sum_fit_voxels(y, e, usable, before, exclude, nothing, y, neighbours, ks, ss, h, value,
+                   variance)
+    total = y[:, [0, 1, 2, 3, 5, 6, 7, 8]].sum(axis=1)
+    noise_of_total = (e[:, [0, 1, 2, 3, 5, 6, 7, 8]] ** 2).sum(axis=1)
+    compared = 0
+    for i, k in enumerate(ks):
+        j = np.arange(k - h, k + h + 1)
+        keep = (j != k) & usable[j, 4] & ~exclude[j, 4]
+        sw = 1.0 / e[j[keep], 4]
+        basis = np.stack([np.ones(keep.sum()), total[j[keep]]], axis=1)
+        coef, *_ = np.linalg.lstsq(basis * sw[:, None], y[j[keep], 4] * sw, rcond=None)
+        resid = (y[j[keep], 4] - basis @ coef) * sw
+        if np.abs(resid).max() > 4.0:
+            continue  # the kernel's robust step would drop a point
+        # the slope divided by the reliability of the summed spectrum: its weighted
+        # variance over the window less its noise variance, over its variance
+        w = sw ** 2
+        s_j = total[j[keep]]
+        mean = np.average(s_j, weights=w)
+        spread = (w * (s_j - mean) ** 2).sum()
+        noise = (w * noise_of_total[j[keep]] * (1 - w / w.sum())).sum()
+        reliability = (spread - noise) / spread
+        assert 0.5 < reliability < 1.0
+        slope = coef[1] / reliability
+        intercept = np.average(y[j[keep], 4] - slope * s_j, weights=w)
+        assert value[i] == pytest.approx(intercept + slope * total[k], rel=1e-9)
+        assert variance[i] > slope ** 2 * noise_of_total[k]
+        compared += 1
+    assert compared >= 2
+    # fewer than three usable neighbours: no value
+    lonely = _row_of_spaxels(m)
+    sum_fit_voxels(y, e, usable, before, exclude, nothing, y, lonely, ks, ss, h, value,
+                   variance)
+    assert np.isnan(value).all() and np.isnan(variance).all()
+
+
+def test_screen_decides_bright_smooth_spectra_only():
+    """A bright continuum the baseline follows is not a candidate; a bright line is."""
+    n_planes, m = 60, 3
+    y = np.zeros((n_planes, m))
+    y[:, 0] = 200.0 + 0.5 * np.arange(n_planes)  # bright, smooth
+    y[:, 1] = 200.0 + 0.5 * np.arange(n_planes)
+    y[30, 1] += 20.0  # a residual on the bright continuum
+    y[:, 2] = 50.0 + 500.0 * np.exp(-0.5 * ((np.arange(n_planes) - 30) / 1.2) ** 2)  # a line
+    e = np.ones(y.shape)
+    usable = np.ones(y.shape, bool)
+    residual = np.empty(y.shape)
+    bright = np.empty(y.shape, bool)
+    screen_residual(y, e, usable, 10.0, residual, bright)
+    assert bright.all()
+    screen, outlying, candidate = (np.empty(y.shape), np.empty(y.shape, bool),
+                                   np.empty(y.shape, bool))
+    screen_voxels(residual, np.ones(n_planes), usable, bright, _row_of_spaxels(m), 5.0, 3.5,
+                  screen, outlying, candidate)
+    assert not candidate[3:-3, 0].any()
+    # the residual and the planes whose baseline it enters are candidates, the rest not
+    assert candidate[27:34, 1].all() and not candidate[3:24, 1].any()
+    assert candidate[24:37, 2].all()
+    # the ends, where the baseline has fewer planes, stay with the careful test
+    assert candidate[:3, 0].all() and candidate[-3:, 0].all()
 
 
 @pytest.fixture(scope="module")

@@ -155,10 +155,10 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
     grow : int, optional
         Robust mode: growing steps to adjacent planes / spaxels (default 2; 0 off).
     grow_sigma : float, optional
-        Robust mode: threshold for growing (default 3).
+        Robust mode: threshold for growing (default 3.5).
     model_error : float, optional
-        Robust mode: fractional model error on line gradient and curvature
-        (default 0.1).
+        Robust mode: weight of the fit window's leave-one-out misfit beyond noise in
+        the prediction's variance (default 2).
     half_window : int, optional
         Robust mode: half-width of the fit window in planes (default 7).
     interp_gap : int, optional

@@ -26,6 +26,10 @@ _NEAR_PLANES = 2
 _QUIET = 3.0
 # A miss of the planes next to a bright voxel beyond this (in ERR) marks a residual's tail.
 _TAIL_SIGMA = 5.0
+# Least reliability of the summed neighbour spectrum for its slope to be corrected.
+_MIN_RELIABILITY = 0.5
+# A bright spectrum the screen's baseline follows this many planes either side is smooth.
+_SMOOTH_PLANES = 3
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
@@ -626,6 +630,7 @@ def screen_voxels(rho, spread, usable, bright, neighbours, sigma, candidate_sigm
             r = r * inv_spread if np.isfinite(r) else 0.0
             rho[k, s] = r
             screen[k, s] = r
+    for k in range(n_planes):
         for s in range(m):
             value = rho[k, s]
             out = abs(value) > sigma and not bright[k, s] and usable[k, s]
@@ -641,8 +646,16 @@ def screen_voxels(rho, spread, usable, bright, neighbours, sigma, candidate_sigm
                             n_shared += 1
                 out = not (2 * n_shared > n_has)
             outlying[k, s] = out
-            candidate[k, s] = usable[k, s] and (bright[k, s]
-                                                or not (abs(value) <= candidate_sigma))
+            decided = abs(value) <= candidate_sigma
+            if decided and bright[k, s]:
+                # a bright spectrum that the baseline follows on every plane within
+                # three of k (no line, no residual there) is smooth: the screen decides
+                for kk in range(k - _SMOOTH_PLANES, k + _SMOOTH_PLANES + 1):
+                    if kk < 0 or kk >= n_planes or not usable[kk, s] \
+                            or not abs(rho[kk, s]) <= candidate_sigma:
+                        decided = False
+                        break
+            candidate[k, s] = usable[k, s] and not decided
 
 
 @njit(**_JIT)
@@ -745,3 +758,134 @@ def true_positions(mask):
                 ss[n] = s
                 n += 1
     return ks, ss
+
+
+@njit(**_JIT)
+def sum_fit_voxels(y, e, usable, unusable_before, exclude, repaired, repaired_value, neighbours,
+                   ks, ss, half_window, value_out, variance_out):
+    """Replacement values from a two-term fit on the summed neighbour spectrum.
+
+    Over the planes ``k-H..k+H`` without ``k``, the voxel's spectrum is fitted as
+    ``b + a * S`` (weights 1/ERR^2), where ``S`` sums the neighbours usable on every
+    plane of the window (read repaired, as in :func:`predict_voxels`); one point
+    missed beyond 4 ERR and four times the typical miss is dropped once. On a faint
+    spectrum the five-term fit of :func:`predict_voxels` regresses on five noisy
+    spectra, and its slopes, hence its predicted line peaks, come out diluted towards
+    zero; one summed spectrum has the least noise relative to its signal, and what
+    dilution is left is undone: the slope is divided by the reliability of ``S``
+    (its weighted spread over the window less the part its ERR explains, over its
+    spread; the method-of-moments correction for a regressor with known noise)
+    where that exceeds ``_MIN_RELIABILITY``. Below it the correction would amplify
+    noise, and the plain fit is kept.
+
+    Parameters
+    ----------
+    y, e, usable, unusable_before, repaired, repaired_value, neighbours, ks, ss
+        As for :func:`predict_voxels`.
+    exclude : ndarray of bool
+        Voxels the spaxel's own fit may not use (besides unusable ones).
+    half_window : int
+    value_out, variance_out : ndarray of float64, shape (len(ks),)
+        The fit at ``k`` and its variance: the fit's propagated noise (scaled by
+        the reduced chi-square, at least 1) plus ``a^2`` times the noise of ``S``
+        at ``k``. NaN where fewer than three neighbours or ``_MIN_FIT_POINTS``
+        planes can be used.
+    """
+    n_planes = y.shape[0]
+    length = min(2 * half_window + 1, n_planes)
+    total = np.empty(length)
+    noise = np.empty(length)
+    column = np.empty(length)
+    own = np.empty(length)
+    weight = np.empty(length)
+    resid = np.empty(length)
+    buf = np.empty(length)
+    for i in range(ks.size):
+        k = ks[i]
+        s = ss[i]
+        value_out[i] = np.nan
+        variance_out[i] = np.nan
+        first = min(max(k - half_window, 0), n_planes - length)
+        centre = k - first
+        for j in range(length):
+            total[j] = 0.0
+            noise[j] = 0.0
+        noise_at_k = 0.0
+        n_use = 0
+        for q in range(8):
+            nb = neighbours[q, s]
+            if nb < 0 or unusable_before[first + length, nb] != unusable_before[first, nb]:
+                continue
+            ok = True
+            for j in range(length):
+                column[j] = _repaired(y, repaired, repaired_value, first + j, nb)
+                ok = ok and np.isfinite(column[j])
+            if not ok:
+                continue
+            n_use += 1
+            for j in range(length):
+                total[j] += column[j]
+                noise[j] += e[first + j, nb] * e[first + j, nb]
+            noise_at_k += e[k, nb] * e[k, nb]
+        if n_use < 3:
+            continue
+        for j in range(length):
+            kk = first + j
+            ok = j != centre and usable[kk, s] and not exclude[kk, s]
+            weight[j] = 1.0 / (e[kk, s] * e[kk, s]) if ok else 0.0
+            own[j] = y[kk, s] if ok else 0.0
+        for attempt in range(2):
+            a00 = a01 = a11 = r0 = r1 = 0.0
+            n_fit = 0
+            for j in range(length):
+                w = weight[j]
+                if w > 0.0:
+                    n_fit += 1
+                    a00 += w
+                    a01 += w * total[j]
+                    a11 += w * total[j] * total[j]
+                    r0 += w * own[j]
+                    r1 += w * total[j] * own[j]
+            det = a00 * a11 - a01 * a01
+            if n_fit < _MIN_FIT_POINTS or not det > 1e-12 * a00 * a11:
+                n_fit = 0
+                break
+            b = (a11 * r0 - a01 * r1) / det
+            a = (a00 * r1 - a01 * r0) / det
+            chi2 = 0.0
+            worst = 0
+            worst_t2 = -1.0
+            m = 0
+            for j in range(length):
+                if weight[j] > 0.0:
+                    resid[j] = own[j] - b - a * total[j]
+                    t2 = weight[j] * resid[j] * resid[j]
+                    chi2 += t2
+                    buf[m] = t2
+                    m += 1
+                    if t2 > worst_t2:
+                        worst_t2 = t2
+                        worst = j
+            if attempt == 1 or not worst_t2 > 16.0:
+                break
+            if not np.sqrt(worst_t2) > 4.0 * np.sqrt(_median(buf, m)) / 0.6745:
+                break
+            weight[worst] = 0.0
+        if n_fit == 0:
+            continue
+        at = total[centre]
+        # the slope of a regression on a noisy S is diluted by the reliability
+        # (S's spread beyond its noise over its spread): undone where S's noise
+        # (ERR of the summed neighbours) is under half its spread over the window
+        spread = a11 - a01 * a01 / a00
+        noise_spread = 0.0
+        for j in range(length):
+            if weight[j] > 0.0:
+                noise_spread += weight[j] * noise[j] * (1.0 - weight[j] / a00)
+        reliability = (spread - noise_spread) / spread
+        if reliability > _MIN_RELIABILITY:
+            a /= reliability
+            b = (r0 - a * a01) / a00
+        leverage = (a11 - 2.0 * a01 * at + a00 * at * at) / det
+        value_out[i] = b + a * at
+        variance_out[i] = leverage * max(chi2 / (n_fit - 2), 1.0) + a * a * noise_at_k
