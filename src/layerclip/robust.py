@@ -76,11 +76,14 @@ again with the flagged voxels left out of its own
 window and repaired (by their prediction) in its neighbours' spectra, so one
 residual cannot hide or fake another; growing is repeated. On bright spectra a
 voxel stays flagged only if the first pass agrees (a later fit, with fewer planes,
-may misjudge real structure).
+may misjudge real structure), unless a neighbour in the first fit's basis is now
+flagged on the same plane with the same sign: one residual spanning both spaxels
+spoiled that first prediction.
 
 **Replacement values.** A flagged voxel takes its prediction. On a bright spectrum
 it is predicted once more without the planes next to it (unflagged tails of the
-same residual would pull it). On a faint spectrum the five-term fit regresses on
+same residual would pull it), unless that leaves the fit more than four times
+vaguer (it would extrapolate). On a faint spectrum the five-term fit regresses on
 five noisy spectra, and its slopes, hence a faint line's predicted peak, are
 diluted towards zero (on the faint synthetic target the replaced voxels came out
 1-1.5 ERR low on average); there a two-term fit ``b + a S`` on the summed
@@ -419,8 +422,16 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         value[bk[vaguer], bs[vaguer]] = first_value[at[vaguer]]
         variance[bk[vaguer], bs[vaguer]] = first_variance[at[vaguer]]
         now, was = np.where(vaguer, first[at], rho[bk, bs]), first[at]
-        rho[bk, bs] = np.where(np.sign(was) == np.sign(now),
-                               np.sign(now) * np.minimum(np.abs(was), np.abs(now)), 0.0)
+        # ... unless the first fit's basis held a neighbour now flagged on the same
+        # plane with a residual of the same sign: one residual spanning both
+        # spaxels spoiled that prediction
+        nbk = np.maximum(neighbours[:, bs], 0)
+        shared = (flags[bk[None], nbk] & (neighbours[:, bs] >= 0)
+                  & (np.sign(rho[bk[None], nbk]) == np.sign(now)[None]))
+        spoiled = shared.any(axis=0) & ~vaguer
+        rho[bk, bs] = np.where(spoiled, now, np.where(
+            np.sign(was) == np.sign(now), np.sign(now) * np.minimum(np.abs(was), np.abs(now)),
+            0.0))
         extra = ~candidate[fk, fs]
         sk, sk_s = np.concatenate([cand_k, fk[extra]]), np.concatenate([cand_s, fs[extra]])
         seed = np.abs(rho[sk, sk_s]) > sigma
@@ -437,7 +448,9 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         guard[:-1] |= flags[1:]
         v, var = _predict(y, e, usable, neighbours, ks, ss, exclude=(outlying, guard),
                           flagged=(flags, fk, fs), repaired_value=value, **common)
-        better = np.isfinite(v)
+        # (not where the guard leaves the fit far vaguer: it would extrapolate)
+        with np.errstate(invalid="ignore"):
+            better = np.isfinite(v) & ~(var > 4.0 * variance[ks, ss])
         value[ks[better], ss[better]] = v[better]
         variance[ks[better], ss[better]] = var[better]
     # On a faint spectrum the five-term fit's slopes are diluted by its neighbours'

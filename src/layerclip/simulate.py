@@ -229,8 +229,12 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
         without it.
     separate : bool
         Keep artifacts apart (none within 2 planes and 3 spaxels of another), as
-        independent cosmic-ray hits almost always are; an artifact that finds no
-        free place in 50 draws is placed anyway. The default (False) lets them
+        independent cosmic-ray hits almost always are. An artifact meant for the
+        line core that finds no free place there in 25 draws is drawn, 25 times
+        more, from the whole line (voxels where the brightest line is at least a
+        tenth of its peak); one that finds none there either is drawn from the
+        whole target, and one that finds no free place in 100 draws is placed
+        anyway. The default (False) lets them
         pile up, e.g. several on the few brightest voxels of a compact line core.
 
     Returns
@@ -252,6 +256,7 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
     peak = (default_snr[kind] if peak_snr is None else peak_snr) * noise
     model = np.zeros(shape)
     line = None
+    line_model = None
     if kind in ("arc", "compact", "faint"):
         line = "[O III]5008"
         vel = velocity[None]
@@ -261,8 +266,11 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
                 continue
             lam = centre * (1 + vel / C_KMS)
             sig = centre * line_sigma_kms / C_KMS
-            model += ratio * peak * profile[None] * np.exp(
+            component = ratio * peak * profile[None] * np.exp(
                 -0.5 * ((wave[:, None, None] - lam) / sig) ** 2)
+            model += component
+            if name == line:
+                line_model = component
         model += 0.01 * peak * profile[None] * (wave[:, None, None] / wmid)
     elif kind == "continuum":
         slope = (wave / wmid) ** -1.5
@@ -308,10 +316,18 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
         line_planes = np.flatnonzero(np.abs(wave - centre) <= centre * 150 / C_KMS)
     neighbours = np.array([(0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (-1, 1)])
     occupied = np.zeros(shape, dtype=bool) if separate else None
+    # Kept apart, a few artifacts fill the small brightest core; the others then go
+    # elsewhere on the line: voxels where it is at least a tenth of its peak.
+    on_line_voxels = (np.argwhere(line_model >= 0.1 * line_model.max())
+                      if separate and line_model is not None else None)
     for i in range(n_artifacts):
         on_line = i < n_on_line and line_planes is not None and line_planes.size > 0
-        for _attempt in range(50 if separate else 1):
-            if on_line:
+        for attempt in range(100 if separate else 1):
+            if attempt == 50:
+                on_line = False  # no free place on the line
+            if on_line and attempt >= 25:
+                k0, y0, x0 = (int(v) for v in on_line_voxels[rng.integers(len(on_line_voxels))])
+            elif on_line:
                 y0, x0 = bright[rng.integers(len(bright))]
                 k0 = int(rng.choice(line_planes))
             else:
