@@ -425,9 +425,9 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         # ... unless the first fit's basis held a neighbour now flagged on the same
         # plane with a residual of the same sign: one residual spanning both
         # spaxels spoiled that prediction
-        nbk = np.maximum(neighbours[:, bs], 0)
-        shared = (flags[bk[None], nbk] & (neighbours[:, bs] >= 0)
-                  & (np.sign(rho[bk[None], nbk]) == np.sign(now)[None]))
+        nbs = neighbours[:, bs]
+        at_nb = bk[None], np.maximum(nbs, 0)
+        shared = (nbs >= 0) & flags[at_nb] & (np.sign(rho[at_nb]) == np.sign(now))
         spoiled = shared.any(axis=0) & ~vaguer
         rho[bk, bs] = np.where(spoiled, now, np.where(
             np.sign(was) == np.sign(now), np.sign(now) * np.minimum(np.abs(was), np.abs(now)),
