@@ -111,7 +111,7 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
               sigma=5.0, maxiters=5, excluded=None, block_planes=None, threads=1,
               replace: Literal["model", "median", "interp", "nan"] | None = None,
               grow=None, grow_sigma=None, model_error=None, half_window=None,
-              interp_gap=INTERP_GAP):
+              ceiling_ratio=None, interp_gap=INTERP_GAP):
     """Clip outliers from a cube.
 
     Parameters
@@ -161,6 +161,10 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
         the prediction's variance (default 2).
     half_window : int, optional
         Robust mode: half-width of the fit window in planes (default 7).
+    ceiling_ratio : float, optional
+        Robust mode: a voxel brighter than this many times its fourth brightest
+        neighbour's peak (within two planes) is flagged, whatever the fits say
+        (default 20; ``np.inf`` turns the ceiling off).
     interp_gap : int, optional
         Largest distance, in planes, to the voxels ``replace="interp"`` uses.
 
@@ -205,6 +209,11 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
             raise OptionError(f"--{name.replace('_', '-')} {value!r}: expected a "
                               "non-negative number")
         robust_opts[name] = int(value) if name in ("grow", "half_window") else float(value)
+    if ceiling_ratio is not None:
+        if not ceiling_ratio > 1:
+            raise OptionError(f"--ceiling-ratio {ceiling_ratio!r}: expected a number above 1 "
+                              "(inf turns the ceiling off)")
+        robust_opts["ceiling_ratio"] = float(ceiling_ratio)
 
     nw, ny, nx = sci.shape
     if method == "paper" and replace == "median":

@@ -69,6 +69,21 @@ The normalised residual is ``z = (x - p) / sqrt(ERR^2 + var(p)) / scale``, and a
 voxel is flagged when ``|z| > sigma``; where no fit was made the screen's ``r``
 serves as ``z`` (on bright spectra, a voxel that cannot be fitted is left alone).
 
+**Neighbour ceiling.** Whatever the PSF, a spaxel of real emission is not far
+brighter than its fourth brightest neighbour: an unresolved source whose PSF has a
+FWHM of one spaxel (sharper than a NIRSpec cube's) puts about 1/7 of its peak into
+each edge neighbour, and velocity shifts are covered by taking each neighbour's
+peak within two planes. A residual spread over 1-4 spaxels can hit at most three of
+a spaxel's neighbours, so the fourth brightest is clean. A candidate voxel above
+``ceiling_ratio`` (20) times that neighbour's peak (or its own ERR) by more than
+``sigma`` is flagged whatever the fits say, unless a neighbour on the same plane is
+at least as bright and above doubt (a voxel the screen settled, or one under its own
+ceiling): a corner spaxel next to a very sharp peak is vouched for by the peak. The
+voxels near such flags are fitted again at once with them left out of their own
+windows and out of the neighbour bases whose window holds them: otherwise a
+residual over two spaxels teaches each spaxel's fit its own spatial ratio and is
+predicted, whatever its amplitude.
+
 **Passes and growing.** Flags grow to adjacent planes and spaxels whose ``z``
 has the same sign and exceeds ``grow_sigma`` (residuals often span 2-3 planes and
 several spaxels). Then, ``passes - 1`` times, every candidate near a flag is fitted
@@ -77,8 +92,11 @@ window and repaired (by their prediction) in its neighbours' spectra, so one
 residual cannot hide or fake another; growing is repeated. On bright spectra a
 voxel stays flagged only if the first pass agrees (a later fit, with fewer planes,
 may misjudge real structure), unless a neighbour in the first fit's basis is now
-flagged on the same plane with the same sign: one residual spanning both spaxels
-spoiled that first prediction.
+flagged on the same plane with the same sign and the refit finds more than the first
+fit did: one residual spanning both spaxels spoiled that first prediction (the
+refit's verdict is then taken even where it is the vaguer one). "Bright" here also
+covers a voxel whose first prediction exceeds ``bright_snr`` x ERR: the peak of a
+narrow line rises from a faint baseline.
 
 **Replacement values.** A flagged voxel takes its prediction. On a bright spectrum
 it is predicted once more without the planes next to it (unflagged tails of the
@@ -108,8 +126,8 @@ NumPy version of the fits that the kernels are checked against.
 import numpy as np
 from scipy import ndimage
 
-from .robust_kernels import (count_unusable, grow_flags, near_flags, plane_mad,
-                             predict_voxels, screen_residual, screen_voxels, spectral_baseline,
+from .robust_kernels import (count_unusable, grow_flags, near_flags, neighbour_ceiling,
+                             plane_mad, predict_voxels, supported, screen_residual, screen_voxels, spectral_baseline,
                              sum_fit_voxels, true_positions)
 
 __all__ = ["RobustPrediction", "clip_block_robust", "robust_halo", "neighbour_table",
@@ -125,6 +143,7 @@ DEFAULTS = {
     "passes": 3,
     "candidate_sigma": 3.5,
     "bright_snr": 10.0,
+    "ceiling_ratio": 20.0,
 }
 
 # (dy, dx) of the eight neighbours, in the order of neighbour_table's rows.
@@ -132,6 +151,10 @@ _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)
 # Planes of the spectral baseline, and the variance of a median of four unit normals.
 _BASELINE_OFFSETS = (-3, -2, 2, 3)
 _MEDIAN4_VAR = 0.2975
+# The neighbour ceiling: a neighbour's peak is taken within this many planes, and the
+# ceiling is the peak of the 4th brightest neighbour (a residual hits at most 3 of them).
+_CEILING_PLANES = 2
+_CEILING_RANK = 4
 # Sky spaxels a plane's scale is measured on: every n-th, n = count // 256 (so at most
 # 511 of them, fixed by position).
 _SCALE_SPAXELS = 256
@@ -141,15 +164,16 @@ def robust_halo(*, half_window=DEFAULTS["half_window"], scale_window=DEFAULTS["s
                 grow=DEFAULTS["grow"], passes=DEFAULTS["passes"], interp_gap=0, **_ignored):
     """Planes on each side that the robust result for one plane depends on.
 
-    The first pass reads the fit window (``half_window``) or the baseline and its
-    smoothed plane scale (``3 + scale_window``), whichever is wider, and its flags
+    The first pass reads the fit window (``half_window``) and the neighbour ceiling
+    of the voxels in it (two planes more), or the baseline and its smoothed plane
+    scale (``3 + scale_window``), whichever is wider, and its flags
     grow ``grow`` planes; every later pass reads the flags and predictions of the
     one before through its fit window and grows again; flagged voxels are fitted once
     more for their replacement value (the fit window and a one-plane guard around
     flags); interpolated replacement reads ``interp_gap`` planes more.
     """
     h, g = int(half_window), int(grow)
-    first = max(h, max(_BASELINE_OFFSETS) + int(scale_window)) + g
+    first = max(h + _CEILING_PLANES, max(_BASELINE_OFFSETS) + int(scale_window)) + g
     return first + (int(passes) - 1) * (h + g) + h + 2 + int(interp_gap)
 
 
@@ -302,7 +326,8 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
                       model_error=DEFAULTS["model_error"],
                       scale_window=DEFAULTS["scale_window"], grow=DEFAULTS["grow"],
                       candidate_sigma=DEFAULTS["candidate_sigma"],
-                      bright_snr=DEFAULTS["bright_snr"], passes=DEFAULTS["passes"]):
+                      bright_snr=DEFAULTS["bright_snr"], passes=DEFAULTS["passes"],
+                      ceiling_ratio=DEFAULTS["ceiling_ratio"]):
     """Robust-mode flags for a block of spectra in compact (planes, spaxels) layout.
 
     Parameters
@@ -335,6 +360,8 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         whose baseline exceeds ``bright_snr`` x ERR, are fitted.
     passes : int
         Fits of the voxels near flags (default 3: the first and two refits).
+    ceiling_ratio : float
+        The neighbour ceiling (default 20; ``np.inf`` turns it off).
 
     Returns
     -------
@@ -362,9 +389,14 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     common = {"opts": opts, "screen": screen, "bright": bright,
               "nothing": np.zeros(y.shape, bool), "unusable_before": unusable_before}
 
-    def fit(ks, ss, flagged):
+    def fit(ks, ss, flagged, first_pass=False):
         if flagged is None:
             v, var = _predict(y, e, usable, neighbours, ks, ss, exclude=(outlying,), **common)
+        elif first_pass:
+            # voxels above the ceiling have no value yet: neighbours holding one in
+            # the window are left out of the basis
+            v, var = _predict(y, e, usable, neighbours, ks, ss, exclude=(outlying, flagged[0]),
+                              flagged=flagged, repaired_value=value, **common)
         else:
             v, var = _predict(y, e, usable, neighbours, ks, ss, exclude=(outlying, flagged[0]),
                               flagged=flagged, repaired_value=value, **common)
@@ -384,11 +416,59 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         rho[ks[fitted], ss[fitted]] = z[fitted]
         # too few usable planes around a bright voxel to judge it: left alone (on
         # faint ones the screen's verdict stands; in later passes, the last one's)
-        if flagged is None:
+        if flagged is None or first_pass:
             undecided = ~fitted & bright[ks, ss]
             rho[ks[undecided], ss[undecided]] = 0.0
 
     fit(cand_k, cand_s, None)
+    # The neighbour ceiling: a spaxel cannot be far brighter than its fourth brightest
+    # neighbour, whatever the PSF; a voxel above ceiling_ratio times that neighbour's
+    # peak (or its own ERR) by more than sigma is flagged whatever the fits say, and
+    # the voxels near it are fitted again with it left out of their windows and of
+    # their neighbours' (it would teach the fits its own shape)
+    with np.errstate(invalid="ignore"):
+        high = y[cand_k, cand_s] > (ceiling_ratio + sigma) * e[cand_k, cand_s]
+    over_k, over_s = cand_k[high], cand_s[high]
+    ceiling = np.empty(over_k.size)
+    neighbour_ceiling(y, usable, neighbours, over_k, over_s, _CEILING_PLANES, _CEILING_RANK,
+                      ceiling)
+    with np.errstate(invalid="ignore"):
+        over = (y[over_k, over_s] - ceiling_ratio * np.maximum(ceiling, e[over_k, over_s])) \
+            / e[over_k, over_s]
+    above = over > sigma
+    if above.any():
+        # ... unless a neighbour on the same plane is as bright and above doubt (a
+        # spaxel next to the peak of a point source sharper than the fourth neighbour
+        # allows): a voxel the screen settled, or one checked and under its ceiling;
+        # spaxels it vouches for vouch in turn
+        good = usable & ~candidate
+        passed = ~above & np.isfinite(ceiling)
+        good[over_k[passed], over_s[passed]] = True
+        over_k, over_s, over = over_k[above], over_s[above], over[above]
+        limit = y[over_k, over_s] - sigma * e[over_k, over_s]
+        held = np.zeros(over.size, bool)
+        for _ in range(_CEILING_RANK):
+            supported(y, usable, neighbours, over_k, over_s, limit, 0, good, held)
+            if not held.any():
+                break
+            good[over_k[held], over_s[held]] = True
+            keep = ~held
+            over_k, over_s, over, limit, held = (over_k[keep], over_s[keep], over[keep],
+                                                 limit[keep], held[keep])
+    else:
+        over_k, over_s, over = over_k[above], over_s[above], over[above]
+    if over.size:
+        over_mask = np.zeros(y.shape, bool)
+        over_mask[over_k, over_s] = True
+        value[over_k, over_s] = np.nan
+        ks, ss = near_flags(over_k, over_s, neighbours, int(half_window), candidate, over_mask,
+                            np.zeros(y.shape, bool))
+        fit(ks, ss, (over_mask, over_k, over_s), first_pass=True)
+
+    def keep_over_ceiling():
+        rho[over_k, over_s] = np.maximum(rho[over_k, over_s], over)
+
+    keep_over_ceiling()
     # Where a voxel can pass sigma: the candidates, and (with a sigma below
     # candidate_sigma) any voxel; later, also voxels flagged by growing.
     if sigma < candidate_sigma:
@@ -397,6 +477,10 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     cand_linear = cand_k * m + cand_s
     first = rho[cand_k, cand_s]
     first_value, first_variance = value[cand_k, cand_s], variance[cand_k, cand_s]
+    # real signal on the voxel: a bright spectrum, or a first prediction as bright (a
+    # narrow line's peak rises from a faint baseline)
+    with np.errstate(invalid="ignore"):
+        first_signal = bright[cand_k, cand_s] | (first_value > bright_snr * e[cand_k, cand_s])
     seed = np.abs(first) > sigma
     flags, fk, fs = _grow(cand_k[seed], cand_s[seed], rho, usable, neighbours, grow_sigma, grow)
     refitted = np.zeros(cand_k.size, bool)
@@ -413,25 +497,30 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         # (its rho becomes the weaker of the two, 0 if they disagree in sign); and
         # where the later fit is much less precise than the first (flags took the
         # planes that pinned it down), the first one's verdict stands.
-        on_bright = bright[ks, ss]
-        refitted[np.searchsorted(cand_linear, ks[on_bright] * m + ss[on_bright])] = True
+        pos = np.minimum(np.searchsorted(cand_linear, ks * m + ss), cand_linear.size - 1)
+        pos = pos[cand_linear[pos] == ks * m + ss]
+        refitted[pos[first_signal[pos]]] = True
         at = np.flatnonzero(refitted)
         bk, bs = cand_k[at], cand_s[at]
         with np.errstate(invalid="ignore"):
             vaguer = variance[bk, bs] > 4.0 * first_variance[at]
-        value[bk[vaguer], bs[vaguer]] = first_value[at[vaguer]]
-        variance[bk[vaguer], bs[vaguer]] = first_variance[at[vaguer]]
-        now, was = np.where(vaguer, first[at], rho[bk, bs]), first[at]
+        refit = rho[bk, bs]
         # ... unless the first fit's basis held a neighbour now flagged on the same
         # plane with a residual of the same sign: one residual spanning both
         # spaxels spoiled that prediction
         nbs = neighbours[:, bs]
         at_nb = bk[None], np.maximum(nbs, 0)
-        shared = (nbs >= 0) & flags[at_nb] & (np.sign(rho[at_nb]) == np.sign(now))
-        spoiled = shared.any(axis=0) & ~vaguer
+        shared = (nbs >= 0) & flags[at_nb] & (np.sign(rho[at_nb]) == np.sign(refit))
+        spoiled = shared.any(axis=0) & ((np.sign(refit) != np.sign(first[at]))
+                                        | (np.abs(refit) > np.abs(first[at])))
+        vaguer &= ~spoiled
+        value[bk[vaguer], bs[vaguer]] = first_value[at[vaguer]]
+        variance[bk[vaguer], bs[vaguer]] = first_variance[at[vaguer]]
+        now, was = np.where(vaguer, first[at], refit), first[at]
         rho[bk, bs] = np.where(spoiled, now, np.where(
             np.sign(was) == np.sign(now), np.sign(now) * np.minimum(np.abs(was), np.abs(now)),
             0.0))
+        keep_over_ceiling()
         extra = ~candidate[fk, fs]
         sk, sk_s = np.concatenate([cand_k, fk[extra]]), np.concatenate([cand_s, fs[extra]])
         seed = np.abs(rho[sk, sk_s]) > sigma

@@ -26,6 +26,8 @@ _NEAR_PLANES = 2
 _QUIET = 3.0
 # A miss of the planes next to a bright voxel beyond this (in ERR) marks a residual's tail.
 _TAIL_SIGMA = 5.0
+# A residual hits at most this many of a spaxel's neighbours (it spans 1-4 spaxels).
+_MAX_HIT = 3
 # Least reliability of the summed neighbour spectrum for its slope to be corrected.
 _MIN_RELIABILITY = 0.5
 # A bright spectrum the screen's baseline follows this many planes either side is smooth.
@@ -889,3 +891,60 @@ def sum_fit_voxels(y, e, usable, unusable_before, exclude, repaired, repaired_va
         leverage = (a11 - 2.0 * a01 * at + a00 * at * at) / det
         value_out[i] = b + a * at
         variance_out[i] = leverage * max(chi2 / (n_fit - 2), 1.0) + a * a * noise_at_k
+
+
+@njit(**_JIT)
+def neighbour_ceiling(y, usable, neighbours, ks, ss, half_span, rank, out):
+    """For each voxel ``(ks[i], ss[i])``, the ``rank``-th brightest neighbour's peak.
+
+    A neighbour's peak is its largest usable value within ``half_span`` planes of
+    the voxel's plane (a real line moves by a plane or two between spaxels); the
+    ``rank``-th largest of these over the eight neighbours ignores the ``rank - 1``
+    that one residual spanning several spaxels may have hit. ``out[i]`` is NaN when
+    fewer than ``rank`` neighbours have a usable plane there.
+    """
+    n_planes = y.shape[0]
+    buf = np.empty(8)
+    for i in range(ks.size):
+        k = ks[i]
+        s = ss[i]
+        n = 0
+        for q in range(8):
+            nb = neighbours[q, s]
+            if nb < 0:
+                continue
+            peak = -np.inf
+            for kk in range(max(k - half_span, 0), min(k + half_span + 1, n_planes)):
+                if usable[kk, nb] and y[kk, nb] > peak:
+                    peak = y[kk, nb]
+            if peak > -np.inf:
+                buf[n] = -peak
+                n += 1
+        out[i] = -_select(buf, n, rank - 1) if n >= rank else np.nan
+
+
+@njit(**_JIT)
+def supported(y, usable, neighbours, ks, ss, limit, half_span, good, out):
+    """Whether each voxel ``(ks[i], ss[i])`` has a neighbour value of at least
+    ``limit[i]`` within ``half_span`` planes that is marked ``good``.
+
+    A spaxel next to the peak of a point source sharper than its fourth brightest
+    neighbour allows is supported by that peak; a residual spread over a few
+    spaxels is supported only by the others it hit, which are not good.
+    """
+    n_planes = y.shape[0]
+    for i in range(ks.size):
+        k = ks[i]
+        s = ss[i]
+        found = False
+        for q in range(8):
+            nb = neighbours[q, s]
+            if nb < 0:
+                continue
+            for kk in range(max(k - half_span, 0), min(k + half_span + 1, n_planes)):
+                if usable[kk, nb] and good[kk, nb] and y[kk, nb] >= limit[i]:
+                    found = True
+                    break
+            if found:
+                break
+        out[i] = found

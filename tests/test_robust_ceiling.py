@@ -1,0 +1,115 @@
+"""Robust mode's neighbour ceiling: a spaxel cannot be far brighter than its neighbours."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.special import erf
+
+from layerclip.clip import clip_cube
+from layerclip.errors import OptionError
+from layerclip.robust_kernels import neighbour_ceiling
+from layerclip.simulate import make_cube
+
+
+def _pixel_gaussian(n, centre, sigma):
+    """A Gaussian of ``sigma`` spaxels integrated over each spaxel, per axis (sums to 1)."""
+    edges = np.arange(n + 1) - 0.5 - centre
+    return np.diff(0.5 * (1 + erf(edges / (sigma * np.sqrt(2)))))
+
+
+def _cube(rng, image, line_snr, *, nw=160, line_plane=80, line_sigma=0.6, continuum=0.0):
+    """Cube with ERR 1 (rising to the field edge): ``image`` x (line + continuum) + noise."""
+    ny, nx = image.shape
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    edge = np.minimum.reduce([yy, xx, ny - 1 - yy, nx - 1 - xx])
+    err = np.broadcast_to(1.0 + np.exp(-edge / 1.5), (nw, ny, nx)).astype(float)
+    k = np.arange(nw)[:, None, None]
+    profile = np.exp(-0.5 * ((k - line_plane) / line_sigma) ** 2) + continuum
+    model = line_snr * image[None] / image.max() * profile
+    return model, err, model + rng.normal(size=model.shape) * err
+
+
+def test_ceiling_matches_plain_numpy(rng):
+    """The 4th brightest neighbour peak within +-2 planes, against a direct computation."""
+    nw, m = 30, 40
+    y = rng.normal(size=(nw, m))
+    usable = rng.random((nw, m)) > 0.1
+    neighbours = rng.integers(-1, m, size=(8, m))
+    ks = rng.integers(0, nw, size=200)
+    ss = rng.integers(0, m, size=200)
+    out = np.empty(ks.size)
+    neighbour_ceiling(y, usable, neighbours, ks, ss, 2, 4, out)
+    for i, (k, s) in enumerate(zip(ks, ss)):
+        peaks = []
+        for nb in neighbours[:, s]:
+            lo, hi = max(k - 2, 0), min(k + 3, nw)
+            vals = y[lo:hi, nb][usable[lo:hi, nb]] if nb >= 0 else []
+            if len(vals):
+                peaks.append(max(vals))
+        expected = sorted(peaks)[-4] if len(peaks) >= 4 else np.nan
+        np.testing.assert_equal(out[i], expected)
+
+
+def test_huge_residual_over_two_spaxels_of_a_faint_line_is_caught():
+    """A 1225-sigma residual over two adjacent spaxels and two planes of a narrow line
+    at S/N 7-12 by the field edge (the seed-1 arc of benchmarks/quality.py). Each
+    spaxel's neighbour fit leans on the other, which carries the residual in the
+    same ratio on both planes, and predicts it: without the ceiling it is missed and
+    the arc's line flux comes out about 35% high. No point source makes a spaxel 20
+    times brighter than its fourth brightest neighbour."""
+    dl = 0.46 / 1959
+    cube = make_cube("arc", shape=(800, 43, 43), wave_range=(1.095, 1.095 + 799 * dl), seed=1,
+                     line_sigma_kms=45.0, noise=1.0, edge_noise=3.0, separate=True,
+                     on_line_fraction=0.05)
+    art = next(a for a in cube.artifacts if 1200 < a.peak_sigma < 1250)
+    vox = art.voxels
+    assert len(set(zip(art.ys, art.xs))) == 2
+    assert (cube.model[vox] < 15 * cube.err[vox]).all()
+    lm = np.where(cube.footprint, 0, -1).astype(np.int16)
+    with np.errstate(invalid="ignore"):
+        lm[(cube.model / cube.err).max(axis=0) > 3] = 1
+    result = clip_cube(cube.sci, cube.err, lm)
+    without = clip_cube(cube.sci, cube.err, lm, ceiling_ratio=np.inf)
+    assert result.flags[vox].all()
+    assert (np.abs(result.sci[vox] - cube.clean[vox]) < 10 * cube.err[vox]).all()
+    assert not without.flags[vox].any()
+    # on real signal, at most a voxel next to one of the cube's residuals is flagged
+    # (here the one beside a 2500-sigma hit, flagged by growing)
+    with np.errstate(invalid="ignore"):
+        on_signal = result.flags & ~cube.artifact_mask & (cube.model > 10 * cube.err)
+    beside = ndimage.binary_dilation(cube.artifact_mask, np.ones((1, 3, 3), bool))
+    assert on_signal.sum() <= 1
+    assert not (on_signal & ~beside).any()
+
+
+@pytest.mark.parametrize("centre", [(10.0, 10.0), (10.5, 10.0), (10.3, 9.8)])
+def test_sharpest_point_source_is_under_the_ceiling(rng, centre):
+    """A bright point source with a PSF of FWHM one spaxel (sharper than a NIRSpec
+    cube's), centred on a spaxel or between spaxels, with a narrow line. A corner
+    spaxel next to its peak is far more than 20 times its fourth brightest neighbour
+    (the others are two spaxels from the peak), but its brighter neighbour, the
+    peak, vouches for it: the ceiling flags nothing that the fits do not."""
+    image = np.outer(_pixel_gaussian(21, centre[0], 0.42), _pixel_gaussian(21, centre[1], 0.42))
+    model, err, sci = _cube(rng, image, 3000.0, continuum=0.05)
+    lm = np.where(model.max(axis=0) > 3 * err[0], 1, 0).astype(np.int16)
+    with_ceiling = clip_cube(sci, err, lm)
+    without = clip_cube(sci, err, lm, ceiling_ratio=np.inf)
+    np.testing.assert_array_equal(with_ceiling.flags, without.flags)
+
+
+@pytest.mark.xfail(strict=True, reason="known limitation: in the wing of a point source "
+                   "sharper than ~1.5 spaxels FWHM with a line one or two planes wide, only "
+                   "the neighbours towards the peak show the line, and when they are half "
+                   "or fewer they are left out of the basis as if a residual had hit them")
+def test_sharp_point_source_with_narrow_line_is_not_flagged(rng):
+    image = np.outer(_pixel_gaussian(21, 10.0, 0.6), _pixel_gaussian(21, 10.0, 0.6))
+    model, err, sci = _cube(rng, image, 3000.0, continuum=0.05)
+    lm = np.where(model.max(axis=0) > 3 * err[0], 1, 0).astype(np.int16)
+    result = clip_cube(sci, err, lm)
+    assert not (result.flags & (model > 10 * err)).any()
+
+
+def test_ceiling_ratio_validated():
+    sci = np.zeros((20, 5, 5))
+    with pytest.raises(OptionError, match="--ceiling-ratio"):
+        clip_cube(sci, np.ones_like(sci), np.zeros((5, 5), np.int16), ceiling_ratio=0.5)
