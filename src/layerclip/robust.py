@@ -127,8 +127,8 @@ import numpy as np
 from scipy import ndimage
 
 from .robust_kernels import (count_unusable, grow_flags, near_flags, neighbour_ceiling,
-                             plane_mad, predict_voxels, supported, screen_residual, screen_voxels, spectral_baseline,
-                             sum_fit_voxels, true_positions)
+                             plane_mad, predict_voxels, screen_residual, screen_voxels,
+                             spectral_baseline, sum_fit_voxels, supported, true_positions)
 
 __all__ = ["RobustPrediction", "clip_block_robust", "robust_halo", "neighbour_table",
            "masked_median", "DEFAULTS"]
@@ -392,16 +392,13 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     def fit(ks, ss, flagged, first_pass=False):
         if flagged is None:
             v, var = _predict(y, e, usable, neighbours, ks, ss, exclude=(outlying,), **common)
-        elif first_pass:
-            # voxels above the ceiling have no value yet: neighbours holding one in
-            # the window are left out of the basis
-            v, var = _predict(y, e, usable, neighbours, ks, ss, exclude=(outlying, flagged[0]),
-                              flagged=flagged, repaired_value=value, **common)
         else:
+            # (in the first pass the flags, voxels above the ceiling, have no value
+            # yet: neighbours holding one in the window are left out of the basis)
             v, var = _predict(y, e, usable, neighbours, ks, ss, exclude=(outlying, flagged[0]),
                               flagged=flagged, repaired_value=value, **common)
             again = ~np.isfinite(v)
-            if again.any():
+            if again.any() and not first_pass:
                 # where flags leave too few planes, the flagged voxels' repaired
                 # values stand in for them
                 v[again], var[again] = _predict(y, e, usable, neighbours, ks[again],
@@ -436,27 +433,26 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         over = (y[over_k, over_s] - ceiling_ratio * np.maximum(ceiling, e[over_k, over_s])) \
             / e[over_k, over_s]
     above = over > sigma
-    if above.any():
+    passed = ~above & np.isfinite(ceiling)
+    passed_k, passed_s = over_k[passed], over_s[passed]
+    over_k, over_s, over = over_k[above], over_s[above], over[above]
+    if over.size:
         # ... unless a neighbour on the same plane is as bright and above doubt (a
         # spaxel next to the peak of a point source sharper than the fourth neighbour
         # allows): a voxel the screen settled, or one checked and under its ceiling;
         # spaxels it vouches for vouch in turn
         good = usable & ~candidate
-        passed = ~above & np.isfinite(ceiling)
-        good[over_k[passed], over_s[passed]] = True
-        over_k, over_s, over = over_k[above], over_s[above], over[above]
+        good[passed_k, passed_s] = True
         limit = y[over_k, over_s] - sigma * e[over_k, over_s]
         held = np.zeros(over.size, bool)
         for _ in range(_CEILING_RANK):
-            supported(y, usable, neighbours, over_k, over_s, limit, 0, good, held)
+            supported(y, usable, neighbours, over_k, over_s, limit, good, held)
             if not held.any():
                 break
             good[over_k[held], over_s[held]] = True
             keep = ~held
             over_k, over_s, over, limit, held = (over_k[keep], over_s[keep], over[keep],
                                                  limit[keep], held[keep])
-    else:
-        over_k, over_s, over = over_k[above], over_s[above], over[above]
     if over.size:
         over_mask = np.zeros(y.shape, bool)
         over_mask[over_k, over_s] = True

@@ -26,8 +26,6 @@ _NEAR_PLANES = 2
 _QUIET = 3.0
 # A miss of the planes next to a bright voxel beyond this (in ERR) marks a residual's tail.
 _TAIL_SIGMA = 5.0
-# A residual hits at most this many of a spaxel's neighbours (it spans 1-4 spaxels).
-_MAX_HIT = 3
 # Least reliability of the summed neighbour spectrum for its slope to be corrected.
 _MIN_RELIABILITY = 0.5
 # A bright spectrum the screen's baseline follows this many planes either side is smooth.
@@ -924,27 +922,20 @@ def neighbour_ceiling(y, usable, neighbours, ks, ss, half_span, rank, out):
 
 
 @njit(**_JIT)
-def supported(y, usable, neighbours, ks, ss, limit, half_span, good, out):
-    """Whether each voxel ``(ks[i], ss[i])`` has a neighbour value of at least
-    ``limit[i]`` within ``half_span`` planes that is marked ``good``.
+def supported(y, usable, neighbours, ks, ss, limit, good, out):
+    """Whether each voxel ``(ks[i], ss[i])`` has a neighbour on the same plane whose
+    value is at least ``limit[i]`` and which is marked ``good``.
 
     A spaxel next to the peak of a point source sharper than its fourth brightest
     neighbour allows is supported by that peak; a residual spread over a few
     spaxels is supported only by the others it hit, which are not good.
     """
-    n_planes = y.shape[0]
     for i in range(ks.size):
         k = ks[i]
-        s = ss[i]
         found = False
         for q in range(8):
-            nb = neighbours[q, s]
-            if nb < 0:
-                continue
-            for kk in range(max(k - half_span, 0), min(k + half_span + 1, n_planes)):
-                if usable[kk, nb] and good[kk, nb] and y[kk, nb] >= limit[i]:
-                    found = True
-                    break
-            if found:
+            nb = neighbours[q, ss[i]]
+            if nb >= 0 and usable[k, nb] and good[k, nb] and y[k, nb] >= limit[i]:
+                found = True
                 break
         out[i] = found
