@@ -52,7 +52,7 @@ def spectral_baseline(y, usable):
 
 
 def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_window,
-             model_error, screen=None, bright=None, candidate_sigma=3.5):
+             model_error, screen=None, bright=None, candidate_sigma=3.5, flagged=None):
     """Neighbour-basis predictions for the voxels ``(ks, ss)`` of a compact block.
 
     Parameters
@@ -71,6 +71,11 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
         that stand out on the voxel's plane (beyond ``candidate_sigma`` on a faint
         spectrum; on a bright one, also beyond four times the neighbours' typical
         value) are left out of the basis when they are a minority.
+    flagged : ndarray of bool, optional
+        Flagged voxels: neighbours flagged on the voxel's plane are left out of the
+        basis when they are a minority (before the test above); where one was, the
+        fit without the planes next to the voxel may be chosen on a bright spectrum
+        too.
 
     Returns
     -------
@@ -94,6 +99,12 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
     nbc = np.where(has, nb, 0)
     n_val = template[kk[:, :, None], nbc[:, None, :]]
     use = has & template_ok[kk[:, :, None], nbc[:, None, :]].all(axis=1)
+    tainted = np.zeros(ks.size, bool)
+    if flagged is not None:
+        hit = use & flagged[ks[:, None], nbc]
+        dropped = hit & (2 * hit.sum(axis=1) <= use.sum(axis=1))[:, None]
+        tainted = dropped.any(axis=1)
+        use &= ~dropped
     if screen is not None:
         # neighbours that stand out from their own spectrum on this plane: if they
         # are a minority, a residual hit them (a line would show in most), and they
@@ -134,8 +145,9 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
         # on a bright, sharply peaked spectrum the fit without the planes next to
         # the voxel extrapolates the peak from its wings, and undershoots it: it is
         # used there only when the first fit misses a plane next to the voxel badly
-        # (the tail of a residual)
-        wider &= ~bright[ks, ss] | (adjacent > _TAIL_SIGMA)
+        # (the tail of a residual), or when a neighbour flagged on this plane was
+        # left out (a residual over several spaxels spans planes too)
+        wider &= ~bright[ks, ss] | (adjacent > _TAIL_SIGMA) | tainted
     value[wider] = value3[wider]
     variance[wider] = variance3[wider]
     value_nb, variance_nb = _median_of_neighbours(w_val, weight, n_val, use, centre_at)
@@ -277,6 +289,7 @@ def predict_like_kernel(y, e, usable, neighbours, ks, ss, *, opts, nothing=None,
                         unusable_before=None, exclude=(), flagged=None, repaired_value=None,
                         own_repaired=False, screen, bright):
     """:func:`predict` called with the arguments of ``layerclip.robust._predict``."""
+    repaired = None
     if flagged is None:
         template, template_ok = y, usable
     else:
@@ -291,4 +304,4 @@ def predict_like_kernel(y, e, usable, neighbours, ks, ss, *, opts, nothing=None,
         for mask in exclude:
             fit_ok &= ~mask
     return predict(own, e, fit_ok, template, template_ok, neighbours, ks, ss, screen=screen,
-                   bright=bright, **opts)
+                   bright=bright, flagged=repaired, **opts)

@@ -80,16 +80,22 @@ a spaxel's neighbours, so the fourth brightest is clean. A candidate voxel above
 at least as bright and above doubt (a voxel the screen settled, or one under its own
 ceiling): a corner spaxel next to a very sharp peak is vouched for by the peak. The
 voxels near such flags are fitted again at once with them left out of their own
-windows and out of the neighbour bases whose window holds them: otherwise a
-residual over two spaxels teaches each spaxel's fit its own spatial ratio and is
-predicted, whatever its amplitude.
+windows and out of the neighbour bases whose window holds them (those on a bright
+spectrum or with a bright first prediction; elsewhere the first verdict only seeds
+flags, which the later passes refit): otherwise a residual over two spaxels teaches
+each spaxel's fit its own spatial ratio and is predicted, whatever its amplitude.
 
 **Passes and growing.** Flags grow to adjacent planes and spaxels whose ``z``
 has the same sign and exceeds ``grow_sigma`` (residuals often span 2-3 planes and
 several spaxels). Then, ``passes - 1`` times, every candidate near a flag is fitted
 again with the flagged voxels left out of its own
 window and repaired (by their prediction) in its neighbours' spectra, so one
-residual cannot hide or fake another; growing is repeated. On bright spectra a
+residual cannot hide or fake another; growing is repeated. A neighbour flagged on
+the voxel's own plane is left out of the basis instead (when such neighbours are a
+minority), and the fit without the planes next to ``k`` may then be chosen on a
+bright spectrum too: a repaired value is itself a prediction, which a residual over
+several spaxels pulls, and the neighbour's unflagged planes carry its tails.
+After the first refit, a later one refits only the voxels near a flag that changed. On bright spectra a
 voxel stays flagged only if the first pass agrees (a later fit, with fewer planes,
 may misjudge real structure), unless a neighbour in the first fit's basis is now
 flagged on the same plane with the same sign and the refit finds more than the first
@@ -287,7 +293,8 @@ def _predict(y, e, usable, neighbours, ks, ss, *, opts, nothing, unusable_before
     flagged : tuple, optional
         ``(flags, fk, fs)``: the flag mask and its planes and spaxels. Flagged
         voxels take ``repaired_value`` in a neighbour's spectrum (where finite;
-        where not, that neighbour is unusable on the plane).
+        where not, that neighbour is unusable on the plane); neighbours flagged on
+        the voxel's own plane are left out of the basis when they are a minority.
     own_repaired : bool
         Read the spaxel's own spectrum repaired too, ignoring ``exclude``.
     screen, bright : ndarray
@@ -459,7 +466,11 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         value[over_k, over_s] = np.nan
         ks, ss = near_flags(over_k, over_s, neighbours, int(half_window), candidate, over_mask,
                             np.zeros(y.shape, bool))
-        fit(ks, ss, (over_mask, over_k, over_s), first_pass=True)
+        # (only where the first verdict is kept for later passes: real signal; on
+        # faint spectra it only seeds flags, and the later passes refit those)
+        with np.errstate(invalid="ignore"):
+            signal = bright[ks, ss] | (value[ks, ss] > bright_snr * e[ks, ss])
+        fit(ks[signal], ss[signal], (over_mask, over_k, over_s), first_pass=True)
 
     def keep_over_ceiling():
         rho[over_k, over_s] = np.maximum(rho[over_k, over_s], over)
@@ -480,12 +491,20 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     seed = np.abs(first) > sigma
     flags, fk, fs = _grow(cand_k[seed], cand_s[seed], rho, usable, neighbours, grow_sigma, grow)
     refitted = np.zeros(cand_k.size, bool)
+    last = None
     for _ in range(int(passes) - 1):
         if fk.size == 0:
             break
         # refit every candidate whose window or neighbours hold a flag, with the
-        # flags left out of its own window and repaired in its neighbours' spectra
-        ks, ss = near_flags(fk, fs, neighbours, int(half_window), candidate, flags,
+        # flags left out of its own window and repaired in its neighbours' spectra;
+        # after the first refit, only where a flag near it changed (elsewhere the
+        # refit would see the same flags)
+        if last is None:
+            ck, cs = fk, fs
+        else:
+            ck, cs = true_positions(flags ^ last)
+        last = flags
+        ks, ss = near_flags(ck, cs, neighbours, int(half_window), candidate, flags,
                             np.zeros(y.shape, bool))
         fit(ks, ss, (flags, fk, fs))
         # On bright spectra a later fit, with fewer planes, may misjudge real

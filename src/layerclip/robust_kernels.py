@@ -338,7 +338,8 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
         Where ``repaired`` and ``repaired_value`` is finite, a neighbour's spectrum
         takes ``repaired_value`` instead of ``y``; where ``repaired`` and it is not
         finite, the neighbour is unusable there. A neighbour is used for a voxel
-        only if it is usable on every plane of the window.
+        only if it is usable on every plane of the window, and not if it is
+        repaired on the voxel's own plane while such neighbours are a minority.
     any_repaired, any_broken : bool
         Whether ``repaired`` marks any voxel, and any without a finite value (when
         not, those arrays are not read).
@@ -408,6 +409,23 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
             use[q] = ok
             if ok:
                 n_use += 1
+        # neighbours flagged on this plane are left out of the basis when they are
+        # a minority: their repaired value is a prediction, uncertain by several
+        # ERR on a bright line, and their unflagged planes around it carry the
+        # residual's tails; and the residual, spanning spaxels, may span the
+        # planes next to this one (``tainted``)
+        tainted = False
+        if any_repaired and n_use > 0:
+            n_hit = 0
+            for q in range(8):
+                keep[q] = use[q] and repaired[k, neighbours[q, s]]
+                n_hit += keep[q]
+            if 2 * n_hit <= n_use:
+                tainted = n_hit > 0
+                for q in range(8):
+                    if keep[q]:
+                        use[q] = False
+                        n_use -= 1
         if use_screen and n_use > 0:
             # neighbours that stand out from their own spectrum on this plane are
             # left out of the basis when they are a minority
@@ -466,14 +484,15 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
         on_bright = use_screen and bright[k, s]
         value, variance, adjacent = _fit_window(basis, wv, weight, length, centre, rank, e2,
                                                 model_error, chol, inv, coef, resid, scratch)
-        if quiet or not on_bright or adjacent > _TAIL_SIGMA:
+        if quiet or not on_bright or adjacent > _TAIL_SIGMA or tainted:
             # on a bright, sharply peaked spectrum the fit without the planes next
             # to the voxel extrapolates the peak from its wings, and undershoots
             # it: it is used there only when the first fit misses a plane next to
-            # the voxel badly (the tail of a residual)
+            # the voxel badly (the tail of a residual) or a flagged neighbour was
+            # left out
             value3, variance3, _ = _fit_window(basis, wv, weight3, length, centre, rank, e2,
                                                model_error, chol, inv, coef, resid, scratch)
-            if variance3 < variance and (not on_bright or adjacent > _TAIL_SIGMA):
+            if variance3 < variance and (not on_bright or adjacent > _TAIL_SIGMA or tainted):
                 value = value3
                 variance = variance3
         if quiet:
