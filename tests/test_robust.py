@@ -152,6 +152,31 @@ def test_flagged_neighbour_with_a_poor_repair_does_not_spoil_the_refits():
     assert not on_signal[k - 2:k + 3].any()
 
 
+def test_tail_of_a_residual_over_several_spaxels_is_caught():
+    # A 2518-sigma residual over three spaxels and two planes of a narrow line
+    # (S/N 100 at its peak plane, 8-16 on the next). On the second plane the
+    # spaxels' predictions lean on each other and follow the residual. Once the
+    # first plane is flagged in this spaxel and a neighbour, the refit on the next
+    # plane is taken although the first pass saw nothing there.
+    dl = 0.46 / 1959
+    cube = make_cube("compact", shape=(800, 43, 43), wave_range=(1.095, 1.095 + 799 * dl),
+                     seed=1, separate=True, on_line_fraction=0.05, line_sigma_kms=45.0,
+                     noise=1.0, edge_noise=3.0)
+    art = next(a for a in cube.artifacts if a.on_line and a.peak_sigma > 2000)
+    assert len(set(art.planes)) == 2 and len(set(zip(art.ys, art.xs))) == 3
+    lm = np.where(cube.footprint, 0, -1).astype(np.int16)
+    with np.errstate(invalid="ignore"):
+        lm[(cube.model / cube.err).max(axis=0) > 3] = 1
+    result = clip_cube(cube.sci, cube.err, lm)
+    voxels = art.planes, art.ys, art.xs
+    assert result.flags[voxels].all()
+    assert np.all(np.abs(result.sci[voxels] - cube.clean[voxels]) < 12 * cube.err[voxels])
+    with np.errstate(invalid="ignore"):
+        on_signal = result.flags & ~cube.artifact_mask & (cube.model > 10 * cube.err)
+    k = art.planes.min()
+    assert not on_signal[k - 2:k + 4].any()
+
+
 def test_replacements_on_a_faint_line_are_not_biased_low():
     """Flagged voxels of a faint line (peak S/N ~4) get values centred on the truth.
 

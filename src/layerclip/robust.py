@@ -95,14 +95,15 @@ the voxel's own plane is left out of the basis instead (when such neighbours are
 minority), and the fit without the planes next to ``k`` may then be chosen on a
 bright spectrum too: a repaired value is itself a prediction, which a residual over
 several spaxels pulls, and the neighbour's unflagged planes carry its tails.
-After the first refit, a later one refits only the voxels near a flag that changed. On bright spectra a
-voxel stays flagged only if the first pass agrees (a later fit, with fewer planes,
-may misjudge real structure), unless a neighbour in the first fit's basis is now
-flagged on the same plane with the same sign and the refit finds more than the first
-fit did: one residual spanning both spaxels spoiled that first prediction (the
-refit's verdict is then taken even where it is the vaguer one). "Bright" here also
-covers a voxel whose first prediction exceeds ``bright_snr`` x ERR: the peak of a
-narrow line rises from a faint baseline.
+After the first refit, a later one refits only the voxels near a flag that changed.
+On bright spectra a voxel stays flagged only if the first pass agrees (a later fit,
+with fewer planes, may misjudge real structure), unless a neighbour in the first
+fit's basis is now flagged with the same sign, on the same plane or on a plane next
+to it where this spaxel is flagged too (the voxel is then the residual's tail), and
+the refit finds more than the first fit did: one residual spanning both spaxels
+spoiled that first prediction (the refit's verdict is then taken even where it is
+the vaguer one). "Bright" here also covers a voxel whose first prediction exceeds
+``bright_snr`` x ERR: the peak of a narrow line rises from a faint baseline.
 
 **Replacement values.** A flagged voxel takes its prediction. On a bright spectrum
 it is predicted once more without the planes next to it (unflagged tails of the
@@ -520,12 +521,15 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         with np.errstate(invalid="ignore"):
             vaguer = variance[bk, bs] > 4.0 * first_variance[at]
         refit = rho[bk, bs]
-        # ... unless the first fit's basis held a neighbour now flagged on the same
-        # plane with a residual of the same sign: one residual spanning both
-        # spaxels spoiled that prediction
+        # ... unless the first fit's basis held a neighbour now flagged with a
+        # residual of the same sign, on the same plane or on a plane next to it
+        # where this spaxel is flagged too (the voxel is then that residual's
+        # tail): one residual spanning both spaxels spoiled that prediction
         nbs = neighbours[:, bs]
-        at_nb = bk[None], np.maximum(nbs, 0)
-        shared = (nbs >= 0) & flags[at_nb] & (np.sign(rho[at_nb]) == np.sign(refit))
+        shared = _flagged_alike(flags, rho, nbs, bk, refit)
+        for step in (-1, 1):
+            kk = np.clip(bk + step, 0, n_planes - 1)
+            shared |= _flagged_alike(flags, rho, nbs, kk, refit) & flags[kk, bs]
         spoiled = shared.any(axis=0) & ((np.sign(refit) != np.sign(first[at]))
                                         | (np.abs(refit) > np.abs(first[at])))
         vaguer &= ~spoiled
@@ -580,6 +584,13 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         value[mk, ms] = [spectral_baseline(y, usable, k, s) for k, s in zip(mk, ms)]
         variance[mk, ms] = (_MEDIAN4_VAR + 1.0) * e[mk, ms] ** 2
     return flags, RobustPrediction(value, variance, rho, scale)
+
+
+def _flagged_alike(flags, rho, nbs, ks, sign_of):
+    """Which neighbours ``nbs`` (shape (8, n)) are flagged on planes ``ks`` with a
+    ``rho`` of the same sign as ``sign_of``."""
+    at = ks[None], np.maximum(nbs, 0)
+    return (nbs >= 0) & flags[at] & (np.sign(rho[at]) == np.sign(sign_of))
 
 
 def _grow(ks, ss, rho, usable, neighbours, grow_sigma, steps):
