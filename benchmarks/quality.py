@@ -183,7 +183,7 @@ def timed(fn, *args):
     machine; the minimum is the usual estimate of what the code itself costs.
     """
     best = np.inf
-    for attempt in range(5):
+    for _ in range(5):
         t = time.perf_counter()
         result = fn(*args)
         best = min(best, time.perf_counter() - t)
@@ -250,7 +250,7 @@ def muse_check():
     print(f"\nMUSE UDF subcube {sci.shape}, {usable} usable voxels, "
           f"{int((lm > 0).sum())} target spaxels (continuum S/N map)")
     for method in ("paper", "robust"):
-        r, dt = timed(lambda: clip_cube(sci, err, lm, method=method, excluded=bad))
+        r, dt = timed(lambda m=method: clip_cube(sci, err, lm, method=m, excluded=bad))
         print(f"  {method:<8} {r.n_flagged:>6} flags = {1e6 * r.n_flagged / usable:8.1f} per "
               f"million voxels ({dt:.2f} s)")
 

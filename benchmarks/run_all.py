@@ -1,4 +1,4 @@
-"""Run every benchmark script in this folder (``bench_*.py`` and ``quality.py``) in turn.
+"""Run every benchmark script in this folder (``bench_*.py`` and ``quality*.py``) in turn.
 
 Each script prints its own numbers; this runner only sequences them and reports
 which failed. ``make bench`` calls it.
@@ -14,8 +14,7 @@ HERE = Path(__file__).resolve().parent
 
 def main():
     scripts = sorted(HERE.glob("bench_*.py"))
-    if (HERE / "quality.py").exists():
-        scripts.append(HERE / "quality.py")
+    scripts += sorted(HERE.glob("quality*.py"))
     failed = []
     for script in scripts:
         print(f"=== {script.name}", flush=True)

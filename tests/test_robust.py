@@ -94,7 +94,7 @@ def test_residual_shared_by_neighbours_on_a_faint_line_is_caught(arc):
     k, _, _ = _line_peak(arc)
     result = clip_cube(arc.sci, arc.err, _layer_map(arc, k))
     on_line = [a for a in arc.artifacts if a.on_line and abs(a.peak_sigma) > 30
-               and len(set(zip(a.ys, a.xs))) >= 3]
+               and len(set(zip(a.ys, a.xs, strict=True))) >= 3]
     assert on_line
     for art in on_line:
         peak = int(np.argmax(np.abs(art.values)))
@@ -109,7 +109,8 @@ def test_residual_spoiling_its_neighbours_prediction_is_caught_in_a_later_pass()
     dl = 0.46 / 1959
     cube = make_cube("arc", shape=(800, 43, 43), wave_range=(1.095, 1.095 + 799 * dl),
                      seed=0, separate=True, on_line_fraction=0.05)
-    art = next(a for a in cube.artifacts if a.on_line and len(set(zip(a.ys, a.xs))) == 3
+    art = next(a for a in cube.artifacts
+               if a.on_line and len(set(zip(a.ys, a.xs, strict=True))) == 3
                and abs(a.peak_sigma) > 300)
     lm = np.where(cube.footprint, 0, -1).astype(np.int16)
     with np.errstate(invalid="ignore"):
@@ -136,7 +137,7 @@ def test_flagged_neighbour_with_a_poor_repair_does_not_spoil_the_refits():
     cube = make_cube("compact", shape=(800, 43, 43), wave_range=(1.095, 1.095 + 799 * dl),
                      seed=3, separate=True, on_line_fraction=0.05, peak_snr=4500.0)
     art = next(a for a in cube.artifacts if a.on_line and a.peak_sigma < -300)
-    assert len(set(zip(art.ys, art.xs))) == 4
+    assert len(set(zip(art.ys, art.xs, strict=True))) == 4
     lm = np.where(cube.footprint, 0, -1).astype(np.int16)
     with np.errstate(invalid="ignore"):
         lm[(cube.model / cube.err).max(axis=0) > 3] = 1
@@ -163,7 +164,7 @@ def test_tail_of_a_residual_over_several_spaxels_is_caught():
                      seed=1, separate=True, on_line_fraction=0.05, line_sigma_kms=45.0,
                      noise=1.0, edge_noise=3.0)
     art = next(a for a in cube.artifacts if a.on_line and a.peak_sigma > 2000)
-    assert len(set(art.planes)) == 2 and len(set(zip(art.ys, art.xs))) == 3
+    assert len(set(art.planes)) == 2 and len(set(zip(art.ys, art.xs, strict=True))) == 3
     lm = np.where(cube.footprint, 0, -1).astype(np.int16)
     with np.errstate(invalid="ignore"):
         lm[(cube.model / cube.err).max(axis=0) > 3] = 1

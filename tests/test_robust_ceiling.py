@@ -39,7 +39,7 @@ def test_ceiling_matches_plain_numpy(rng):
     ss = rng.integers(0, m, size=200)
     out = np.empty(ks.size)
     neighbour_ceiling(y, usable, neighbours, ks, ss, 2, 4, out)
-    for i, (k, s) in enumerate(zip(ks, ss)):
+    for i, (k, s) in enumerate(zip(ks, ss, strict=True)):
         peaks = []
         for nb in neighbours[:, s]:
             lo, hi = max(k - 2, 0), min(k + 3, nw)
@@ -63,7 +63,7 @@ def test_huge_residual_over_two_spaxels_of_a_faint_line_is_caught():
                      on_line_fraction=0.05)
     art = next(a for a in cube.artifacts if 1200 < a.peak_sigma < 1250)
     vox = art.voxels
-    assert len(set(zip(art.ys, art.xs))) == 2
+    assert len(set(zip(art.ys, art.xs, strict=True))) == 2
     assert (cube.model[vox] < 15 * cube.err[vox]).all()
     lm = np.where(cube.footprint, 0, -1).astype(np.int16)
     with np.errstate(invalid="ignore"):

@@ -5,9 +5,17 @@ import pytest
 import robust_reference as reference
 
 from layerclip import robust
-from layerclip.robust_kernels import (_cholesky, _fit_window, _inverse_from_cholesky,
-                                      count_unusable, grow_flags, plane_mad, screen_residual,
-                                      screen_voxels, sum_fit_voxels)
+from layerclip.robust_kernels import (
+    _cholesky,
+    _fit_window,
+    _inverse_from_cholesky,
+    count_unusable,
+    grow_flags,
+    plane_mad,
+    screen_residual,
+    screen_voxels,
+    sum_fit_voxels,
+)
 from layerclip.simulate import make_cube
 
 SMALL = {"shape": (120, 17, 17), "fov_size": 13, "wave_range": (1.148, 1.176)}
@@ -84,11 +92,11 @@ def test_grow_flags_follows_sign_and_steps():
     usable = np.ones(rho.shape, bool)
     flags = np.zeros(rho.shape, bool)
     fk, fs = grow_flags(np.array([4]), np.array([1]), rho, usable, neighbours, 3.5, 1, flags)
-    assert sorted(zip(fk, fs)) == [(3, 1), (4, 1), (5, 1)]
+    assert sorted(zip(fk, fs, strict=True)) == [(3, 1), (4, 1), (5, 1)]
     flags = np.zeros(rho.shape, bool)
     fk, fs = grow_flags(np.array([4]), np.array([1]), rho, usable, neighbours, 3.5, 5, flags)
     # grows to plane 2 but never across the sign change at plane 6
-    assert sorted(zip(fk, fs)) == [(2, 1), (3, 1), (4, 1), (5, 1)]
+    assert sorted(zip(fk, fs, strict=True)) == [(2, 1), (3, 1), (4, 1), (5, 1)]
     assert flags.sum() == 4
 
 

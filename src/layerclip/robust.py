@@ -133,9 +133,20 @@ NumPy version of the fits that the kernels are checked against.
 import numpy as np
 from scipy import ndimage
 
-from .robust_kernels import (count_unusable, grow_flags, near_flags, neighbour_ceiling,
-                             plane_mad, predict_voxels, screen_residual, screen_voxels,
-                             spectral_baseline, sum_fit_voxels, supported, true_positions)
+from .robust_kernels import (
+    count_unusable,
+    grow_flags,
+    near_flags,
+    neighbour_ceiling,
+    plane_mad,
+    predict_voxels,
+    screen_residual,
+    screen_voxels,
+    spectral_baseline,
+    sum_fit_voxels,
+    supported,
+    true_positions,
+)
 
 __all__ = ["RobustPrediction", "clip_block_robust", "robust_halo", "neighbour_table",
            "masked_median", "DEFAULTS"]
@@ -581,7 +592,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         mk, ms = fk[missing], fs[missing]
         still = ~np.isfinite(value[mk, ms])
         mk, ms = mk[still], ms[still]
-        value[mk, ms] = [spectral_baseline(y, usable, k, s) for k, s in zip(mk, ms)]
+        value[mk, ms] = [spectral_baseline(y, usable, k, s) for k, s in zip(mk, ms, strict=True)]
         variance[mk, ms] = (_MEDIAN4_VAR + 1.0) * e[mk, ms] ** 2
     return flags, RobustPrediction(value, variance, rho, scale)
 
