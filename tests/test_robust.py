@@ -178,6 +178,28 @@ def test_tail_of_a_residual_over_several_spaxels_is_caught():
     assert not on_signal[k - 2:k + 4].any()
 
 
+def test_tail_next_to_a_strong_flag_in_the_same_spaxel_is_caught():
+    # A 128-sigma residual over three planes of one spaxel of an arc line (S/N 88,
+    # 51 and 16 there). Its core is flagged; the spaxel's fit for the next plane
+    # holds the core's other tail in its window and follows it (45 sigma left). Fitted
+    # with the planes next to the flags left out, the tail stands out.
+    dl = 0.46 / 1959
+    cube = make_cube("arc", shape=(800, 43, 43), wave_range=(1.095, 1.095 + 799 * dl),
+                     seed=3, separate=True, on_line_fraction=0.05, peak_snr=450.0)
+    art = next(a for a in cube.artifacts if a.on_line and 120 < a.peak_sigma < 135)
+    assert len(set(art.planes)) == 3 and len(set(zip(art.ys, art.xs, strict=True))) == 1
+    lm = np.where(cube.footprint, 0, -1).astype(np.int16)
+    with np.errstate(invalid="ignore"):
+        lm[(cube.model / cube.err).max(axis=0) > 3] = 1
+    result = clip_cube(cube.sci, cube.err, lm)
+    core, tail = (1, 2)
+    for i in (core, tail):
+        vox = art.planes[i], art.ys[i], art.xs[i]
+        assert cube.model[vox] > 10 * cube.err[vox]
+        assert result.flags[vox]
+        assert abs(result.sci[vox] - cube.clean[vox]) < 5 * cube.err[vox]
+
+
 def test_replacements_on_a_faint_line_are_not_biased_low():
     """Flagged voxels of a faint line (peak S/N ~4) get values centred on the truth.
 

@@ -37,8 +37,8 @@ def short_file(tmp_path_factory):
     return path
 
 
-# Block sizes: paper mode has no halo; robust mode reads 30 extra planes on each side,
-# so blocks far smaller than the halo are the hard case.
+# Block sizes: paper mode has no halo; robust mode reads halo_planes("robust") (45) extra
+# planes on each side, so blocks smaller than the halo are the hard case.
 FILE_CASES = [("paper", 7)] + [("robust", 37)] * ("robust" in METHODS)
 
 

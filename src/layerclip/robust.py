@@ -105,6 +105,13 @@ spoiled that first prediction (the refit's verdict is then taken even where it i
 the vaguer one). "Bright" here also covers a voxel whose first prediction exceeds
 ``bright_snr`` x ERR: the peak of a narrow line rises from a faint baseline.
 
+**Tails.** A residual spanning 2-3 planes leaves its tails next to the flagged core:
+the spaxel's fit for a tail holds the residual's other planes in its window (and its
+neighbours' spectra the residual's spread), learns its shape and predicts it. So
+the planes next to a flag beyond ``2 sigma`` on a bright spectrum are fitted once
+more with the planes next to every flag left out of the window; a tail beyond
+``sigma`` with the core's sign is flagged.
+
 **Replacement values.** A flagged voxel takes its prediction. On a bright spectrum
 it is predicted once more without the planes next to it (unflagged tails of the
 same residual would pull it), unless that leaves the fit more than four times
@@ -176,6 +183,9 @@ _CEILING_RANK = 4
 # Sky spaxels a plane's scale is measured on: every n-th, n = count // 256 (so at most
 # 511 of them, fixed by position).
 _SCALE_SPAXELS = 256
+# A flag on a bright spectrum whose |rho| exceeds this many times sigma has its
+# neighbouring planes checked as the residual's tails.
+_TAIL_CORE = 2.0
 
 
 def robust_halo(*, half_window=DEFAULTS["half_window"], scale_window=DEFAULTS["scale_window"],
@@ -186,13 +196,14 @@ def robust_halo(*, half_window=DEFAULTS["half_window"], scale_window=DEFAULTS["s
     of the voxels in it (two planes more), or the baseline and its smoothed plane
     scale (``3 + scale_window``), whichever is wider, and its flags
     grow ``grow`` planes; every later pass reads the flags and predictions of the
-    one before through its fit window and grows again; flagged voxels are fitted once
-    more for their replacement value (the fit window and a one-plane guard around
-    flags); interpolated replacement reads ``interp_gap`` planes more.
+    one before through its fit window and grows again; the planes next to strong
+    flags are checked as tails (the fit window and a one-plane guard around flags),
+    and flagged voxels are fitted once more for their replacement value (the same
+    again); interpolated replacement reads ``interp_gap`` planes more.
     """
     h, g = int(half_window), int(grow)
     first = max(h + _CEILING_PLANES, max(_BASELINE_OFFSETS) + int(scale_window)) + g
-    return first + (int(passes) - 1) * (h + g) + h + 2 + int(interp_gap)
+    return first + (int(passes) - 1) * (h + g) + 2 * (h + 1) + int(interp_gap)
 
 
 def neighbour_table(layer_map):
@@ -556,6 +567,26 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         seed = np.abs(rho[sk, sk_s]) > sigma
         flags, fk, fs = _grow(sk[seed], sk_s[seed], rho, usable, neighbours, grow_sigma,
                               grow)
+    # The tails of a residual spanning 2-3 planes: next to a strong flag on a bright
+    # spectrum, the voxel's own fit window holds the residual's other planes, and
+    # its neighbours' spectra the residual's spread, so its fits can learn the
+    # residual's shape and predict it. Fitted once more with the planes next to
+    # every flag left out of its window, a tail of the same sign beyond sigma is
+    # flagged too.
+    tk, ts, core_sign = _tails_to_check(flags, rho, usable, bright, _TAIL_CORE * sigma)
+    if tk.size:
+        guard = flags.copy()
+        guard[1:] |= flags[:-1]
+        guard[:-1] |= flags[1:]
+        v, var = _predict(y, e, usable, neighbours, tk, ts, exclude=(outlying, guard),
+                          flagged=(flags, fk, fs), repaired_value=value, **common)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = (y[tk, ts] - v) / np.sqrt(e[tk, ts] ** 2 + var) / scale[tk]
+            tail = np.isfinite(z) & (np.sign(z) == core_sign) & (np.abs(z) > sigma)
+        tk, ts = tk[tail], ts[tail]
+        flags[tk, ts] = True
+        value[tk, ts], variance[tk, ts], rho[tk, ts] = v[tail], var[tail], z[tail]
+        fk, fs = true_positions(flags)
     # Replacement values: a flagged voxel on a bright spectrum is predicted once
     # more without the planes next to it (unflagged tails of the same residual would
     # pull the prediction), where that leaves enough planes.
@@ -595,6 +626,20 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         value[mk, ms] = [spectral_baseline(y, usable, k, s) for k, s in zip(mk, ms, strict=True)]
         variance[mk, ms] = (_MEDIAN4_VAR + 1.0) * e[mk, ms] ** 2
     return flags, RobustPrediction(value, variance, rho, scale)
+
+
+def _tails_to_check(flags, rho, usable, bright, core):
+    """Usable, unflagged voxels on bright spectra next (one plane) to a flag of their
+    spaxel whose ``|rho|`` exceeds ``core``; their planes, spaxels and that flag's sign."""
+    n_planes = flags.shape[0]
+    ck, cs = np.nonzero(flags & bright & (np.abs(rho) > core))
+    tk = np.concatenate([ck - 1, ck + 1])
+    ts = np.concatenate([cs, cs])
+    sign = np.sign(np.concatenate([rho[ck, cs], rho[ck, cs]]))
+    inside = (tk >= 0) & (tk < n_planes)
+    tk, ts, sign = tk[inside], ts[inside], sign[inside]
+    keep = usable[tk, ts] & ~flags[tk, ts] & bright[tk, ts]
+    return tk[keep], ts[keep], sign[keep]
 
 
 def _flagged_alike(flags, rho, nbs, ks, sign_of):
