@@ -110,7 +110,8 @@ the spaxel's fit for a tail holds the residual's other planes in its window (and
 neighbours' spectra the residual's spread), learns its shape and predicts it. So
 the planes next to a flag beyond ``2 sigma`` on a bright spectrum are fitted once
 more with the planes next to every flag left out of the window; a tail beyond
-``sigma`` with the core's sign is flagged.
+``sigma`` with the core's sign is flagged (the tail's own spectrum may look faint
+to the screen: the residual's other planes pull its baseline).
 
 **Replacement values.** A flagged voxel takes its prediction. On a bright spectrum
 it is predicted once more without the planes next to it (unflagged tails of the
@@ -629,8 +630,11 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
 
 
 def _tails_to_check(flags, rho, usable, bright, core):
-    """Usable, unflagged voxels on bright spectra next (one plane) to a flag of their
-    spaxel whose ``|rho|`` exceeds ``core``; their planes, spaxels and that flag's sign."""
+    """Usable, unflagged voxels next (one plane) to a flag of their spaxel on a bright
+    spectrum whose ``|rho|`` exceeds ``core``; their planes, spaxels and that flag's sign.
+
+    (The tail itself may sit on a spectrum the screen calls faint: the residual's
+    other planes pull its baseline down or up.)"""
     n_planes = flags.shape[0]
     ck, cs = np.nonzero(flags & bright & (np.abs(rho) > core))
     tk = np.concatenate([ck - 1, ck + 1])
@@ -638,7 +642,7 @@ def _tails_to_check(flags, rho, usable, bright, core):
     sign = np.sign(np.concatenate([rho[ck, cs], rho[ck, cs]]))
     inside = (tk >= 0) & (tk < n_planes)
     tk, ts, sign = tk[inside], ts[inside], sign[inside]
-    keep = usable[tk, ts] & ~flags[tk, ts] & bright[tk, ts]
+    keep = usable[tk, ts] & ~flags[tk, ts]
     return tk[keep], ts[keep], sign[keep]
 
 
