@@ -574,7 +574,8 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     # residual's shape and predict it. Fitted once more with the planes next to
     # every flag left out of its window, a tail of the same sign beyond sigma is
     # flagged too.
-    tk, ts, core_sign = _tails_to_check(flags, rho, usable, bright, _TAIL_CORE * sigma)
+    tk, ts, core_sign = _tails_to_check(fk, fs, flags, rho, usable, bright,
+                                        _TAIL_CORE * sigma)
     if tk.size:
         guard = flags.copy()
         guard[1:] |= flags[:-1]
@@ -629,14 +630,17 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     return flags, RobustPrediction(value, variance, rho, scale)
 
 
-def _tails_to_check(flags, rho, usable, bright, core):
+def _tails_to_check(fk, fs, flags, rho, usable, bright, core):
     """Usable, unflagged voxels next (one plane) to a flag of their spaxel on a bright
     spectrum whose ``|rho|`` exceeds ``core``; their planes, spaxels and that flag's sign.
+
+    ``fk, fs`` are the planes and spaxels of the flags in ``flags``.
 
     (The tail itself may sit on a spectrum the screen calls faint: the residual's
     other planes pull its baseline down or up.)"""
     n_planes = flags.shape[0]
-    ck, cs = np.nonzero(flags & bright & (np.abs(rho) > core))
+    strong = bright[fk, fs] & (np.abs(rho[fk, fs]) > core)
+    ck, cs = fk[strong], fs[strong]
     tk = np.concatenate([ck - 1, ck + 1])
     ts = np.concatenate([cs, cs])
     sign = np.sign(np.concatenate([rho[ck, cs], rho[ck, cs]]))
