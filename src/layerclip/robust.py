@@ -390,7 +390,8 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         The screen: voxels whose baseline residual exceeds ``candidate_sigma``, or
         whose baseline exceeds ``bright_snr`` x ERR, are fitted.
     passes : int
-        Fits of the voxels near flags (default 3: the first and two refits).
+        Fits of the voxels near flags (default 3: the first and two refits; each refit
+        after the first only near the flags the one before changed).
     ceiling_ratio : float
         The neighbour ceiling (default 20; ``np.inf`` turns it off).
 
