@@ -98,11 +98,11 @@ several spaxels pulls, and the neighbour's unflagged planes carry its tails.
 After the first refit, a later one refits only the voxels near a flag that changed.
 On bright spectra a voxel stays flagged only if the first pass agrees (a later fit,
 with fewer planes, may misjudge real structure), unless a neighbour in the first
-fit's basis is now flagged with the same sign, on the same plane or on a plane next
-to it where this spaxel is flagged too (the voxel is then the residual's tail), and
-the refit finds more than the first fit did: one residual spanning both spaxels
-spoiled that first prediction (the refit's verdict is then taken even where it is
-the vaguer one). "Bright" here also covers a voxel whose first prediction exceeds
+fit's basis is now flagged with the same sign, on the same plane, or beyond
+``2 sigma`` on a plane next to it where this spaxel is flagged beyond ``2 sigma``
+too (the voxel is then the residual's tail), and the refit finds more than the
+first fit did: one residual spanning both spaxels spoiled that first prediction
+(the refit's verdict is then taken even where it is the vaguer one). "Bright" here also covers a voxel whose first prediction exceeds
 ``bright_snr`` x ERR: the peak of a narrow line rises from a faint baseline.
 
 **Tails.** A residual spanning 2-3 planes leaves its tails next to the flagged core:
@@ -184,8 +184,9 @@ _CEILING_RANK = 4
 # Sky spaxels a plane's scale is measured on: every n-th, n = count // 256 (so at most
 # 511 of them, fixed by position).
 _SCALE_SPAXELS = 256
-# A flag on a bright spectrum whose |rho| exceeds this many times sigma has its
-# neighbouring planes checked as the residual's tails.
+# A flag whose |rho| exceeds this many times sigma is a residual's core: on a bright
+# spectrum its neighbouring planes are checked as the residual's tails, and in later
+# passes it marks the first predictions next to it as spoiled.
 _TAIL_CORE = 2.0
 
 
@@ -546,14 +547,17 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
             vaguer = variance[bk, bs] > 4.0 * first_variance[at]
         refit = rho[bk, bs]
         # ... unless the first fit's basis held a neighbour now flagged with a
-        # residual of the same sign, on the same plane or on a plane next to it
-        # where this spaxel is flagged too (the voxel is then that residual's
-        # tail): one residual spanning both spaxels spoiled that prediction
+        # residual of the same sign, on the same plane, or strongly (beyond
+        # _TAIL_CORE sigma) on a plane next to it where this spaxel is strongly
+        # flagged too (the voxel is then that residual's tail): one residual
+        # spanning both spaxels spoiled that prediction
         nbs = neighbours[:, bs]
         shared = _flagged_alike(flags, rho, nbs, bk, refit)
+        strong = _TAIL_CORE * sigma
         for step in (-1, 1):
             kk = np.clip(bk + step, 0, n_planes - 1)
-            shared |= _flagged_alike(flags, rho, nbs, kk, refit) & flags[kk, bs]
+            own_strong = flags[kk, bs] & (np.abs(rho[kk, bs]) > strong)
+            shared |= _flagged_alike(flags, rho, nbs, kk, refit, strong) & own_strong
         spoiled = shared.any(axis=0) & ((np.sign(refit) != np.sign(first[at]))
                                         | (np.abs(refit) > np.abs(first[at])))
         vaguer &= ~spoiled
@@ -651,11 +655,12 @@ def _tails_to_check(fk, fs, flags, rho, usable, bright, core):
     return tk[keep], ts[keep], sign[keep]
 
 
-def _flagged_alike(flags, rho, nbs, ks, sign_of):
+def _flagged_alike(flags, rho, nbs, ks, sign_of, beyond=0.0):
     """Which neighbours ``nbs`` (shape (8, n)) are flagged on planes ``ks`` with a
-    ``rho`` of the same sign as ``sign_of``."""
+    ``rho`` of the same sign as ``sign_of`` (and ``|rho|`` above ``beyond``)."""
     at = ks[None], np.maximum(nbs, 0)
-    return (nbs >= 0) & flags[at] & (np.sign(rho[at]) == np.sign(sign_of))
+    return ((nbs >= 0) & flags[at] & (np.sign(rho[at]) == np.sign(sign_of))
+            & (np.abs(rho[at]) > beyond))
 
 
 def _grow(ks, ss, rho, usable, neighbours, grow_sigma, steps):
