@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from benchmark_cubes import benchmark_cube, clip_target, flags_on_signal
 
 from layerclip.clip import clip_cube, halo_planes
 from layerclip.errors import OptionError
@@ -106,23 +107,17 @@ def test_residual_spoiling_its_neighbours_prediction_is_caught_in_a_later_pass()
     # each spaxel's first prediction leans on the other two, which carry it too,
     # and follows it. Once one of them is flagged, the refits of the others, with
     # it repaired, must be allowed to flag them although the first pass did not.
-    dl = 0.46 / 1959
-    cube = make_cube("arc", shape=(800, 43, 43), wave_range=(1.095, 1.095 + 799 * dl),
-                     seed=0, separate=True, on_line_fraction=0.05)
+    cube = benchmark_cube("arc", seed=0)
     art = next(a for a in cube.artifacts
                if a.on_line and len(set(zip(a.ys, a.xs, strict=True))) == 3
                and abs(a.peak_sigma) > 300)
-    lm = np.where(cube.footprint, 0, -1).astype(np.int16)
-    with np.errstate(invalid="ignore"):
-        lm[(cube.model / cube.err).max(axis=0) > 3] = 1
-    result = clip_cube(cube.sci, cube.err, lm)
+    result = clip_target(cube)
     peak = int(np.argmax(np.abs(art.values)))
     vox = art.planes[peak], art.ys[peak], art.xs[peak]
     assert cube.model[vox] > 100 * cube.err[vox]
     assert result.flags[vox]
     assert abs(result.sci[vox] - cube.clean[vox]) < 10 * cube.err[vox]
-    with np.errstate(invalid="ignore"):
-        on_signal = result.flags & ~cube.artifact_mask & (cube.model > 10 * cube.err)
+    on_signal = flags_on_signal(result, cube)
     assert not on_signal.any()
 
 
@@ -133,22 +128,16 @@ def test_flagged_neighbour_with_a_poor_repair_does_not_spoil_the_refits():
     # a flagged neighbour's repaired value see the dip, and flag real signal next
     # to it, and the hit spaxel's own refit follows it. Flagged neighbours are
     # left out of the basis instead.
-    dl = 0.46 / 1959
-    cube = make_cube("compact", shape=(800, 43, 43), wave_range=(1.095, 1.095 + 799 * dl),
-                     seed=3, separate=True, on_line_fraction=0.05, peak_snr=4500.0)
+    cube = benchmark_cube("compact", seed=3, peak_snr=4500.0)
     art = next(a for a in cube.artifacts if a.on_line and a.peak_sigma < -300)
     assert len(set(zip(art.ys, art.xs, strict=True))) == 4
-    lm = np.where(cube.footprint, 0, -1).astype(np.int16)
-    with np.errstate(invalid="ignore"):
-        lm[(cube.model / cube.err).max(axis=0) > 3] = 1
-    result = clip_cube(cube.sci, cube.err, lm)
+    result = clip_target(cube)
     peak = int(np.argmax(np.abs(art.values)))
     vox = art.planes[peak], art.ys[peak], art.xs[peak]
     assert cube.model[vox] > 900 * cube.err[vox]
     assert result.flags[vox]
     assert abs(result.sci[vox] - cube.clean[vox]) < 10 * cube.err[vox]
-    with np.errstate(invalid="ignore"):
-        on_signal = result.flags & ~cube.artifact_mask & (cube.model > 10 * cube.err)
+    on_signal = flags_on_signal(result, cube)
     k = art.planes[0]
     assert not on_signal[k - 2:k + 3].any()
 
@@ -159,21 +148,14 @@ def test_tail_of_a_residual_over_several_spaxels_is_caught():
     # spaxels' predictions lean on each other and follow the residual. Once the
     # first plane is flagged in this spaxel and a neighbour, the refit on the next
     # plane is taken although the first pass saw nothing there.
-    dl = 0.46 / 1959
-    cube = make_cube("compact", shape=(800, 43, 43), wave_range=(1.095, 1.095 + 799 * dl),
-                     seed=1, separate=True, on_line_fraction=0.05, line_sigma_kms=45.0,
-                     noise=1.0, edge_noise=3.0)
+    cube = benchmark_cube("compact", seed=1, line_sigma_kms=45.0, noise=1.0, edge_noise=3.0)
     art = next(a for a in cube.artifacts if a.on_line and a.peak_sigma > 2000)
     assert len(set(art.planes)) == 2 and len(set(zip(art.ys, art.xs, strict=True))) == 3
-    lm = np.where(cube.footprint, 0, -1).astype(np.int16)
-    with np.errstate(invalid="ignore"):
-        lm[(cube.model / cube.err).max(axis=0) > 3] = 1
-    result = clip_cube(cube.sci, cube.err, lm)
+    result = clip_target(cube)
     voxels = art.planes, art.ys, art.xs
     assert result.flags[voxels].all()
     assert np.all(np.abs(result.sci[voxels] - cube.clean[voxels]) < 12 * cube.err[voxels])
-    with np.errstate(invalid="ignore"):
-        on_signal = result.flags & ~cube.artifact_mask & (cube.model > 10 * cube.err)
+    on_signal = flags_on_signal(result, cube)
     k = art.planes.min()
     assert not on_signal[k - 2:k + 4].any()
 
@@ -183,15 +165,10 @@ def test_tail_next_to_a_strong_flag_in_the_same_spaxel_is_caught():
     # 51 and 16 there). Its core is flagged; the spaxel's fit for the next plane
     # holds the core's other tail in its window and follows it (45 sigma left). Fitted
     # with the planes next to the flags left out, the tail stands out.
-    dl = 0.46 / 1959
-    cube = make_cube("arc", shape=(800, 43, 43), wave_range=(1.095, 1.095 + 799 * dl),
-                     seed=3, separate=True, on_line_fraction=0.05, peak_snr=450.0)
+    cube = benchmark_cube("arc", seed=3, peak_snr=450.0)
     art = next(a for a in cube.artifacts if a.on_line and 120 < a.peak_sigma < 135)
     assert len(set(art.planes)) == 3 and len(set(zip(art.ys, art.xs, strict=True))) == 1
-    lm = np.where(cube.footprint, 0, -1).astype(np.int16)
-    with np.errstate(invalid="ignore"):
-        lm[(cube.model / cube.err).max(axis=0) > 3] = 1
-    result = clip_cube(cube.sci, cube.err, lm)
+    result = clip_target(cube)
     core, tail = (1, 2)
     for i in (core, tail):
         vox = art.planes[i], art.ys[i], art.xs[i]

@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
+from benchmark_cubes import benchmark_cube, clip_target, flags_on_signal
 from scipy import ndimage
 from scipy.special import erf
 
 from layerclip.clip import clip_cube
 from layerclip.errors import OptionError
 from layerclip.robust_kernels import neighbour_ceiling
-from layerclip.simulate import make_cube
 
 
 def _pixel_gaussian(n, centre, sigma):
@@ -57,26 +57,19 @@ def test_huge_residual_over_two_spaxels_of_a_faint_line_is_caught():
     same ratio on both planes, and predicts it: without the ceiling it is missed and
     the arc's line flux comes out about 35% high. No point source makes a spaxel 20
     times brighter than its fourth brightest neighbour."""
-    dl = 0.46 / 1959
-    cube = make_cube("arc", shape=(800, 43, 43), wave_range=(1.095, 1.095 + 799 * dl), seed=1,
-                     line_sigma_kms=45.0, noise=1.0, edge_noise=3.0, separate=True,
-                     on_line_fraction=0.05)
+    cube = benchmark_cube("arc", seed=1, line_sigma_kms=45.0, noise=1.0, edge_noise=3.0)
     art = next(a for a in cube.artifacts if 1200 < a.peak_sigma < 1250)
     vox = art.voxels
     assert len(set(zip(art.ys, art.xs, strict=True))) == 2
     assert (cube.model[vox] < 15 * cube.err[vox]).all()
-    lm = np.where(cube.footprint, 0, -1).astype(np.int16)
-    with np.errstate(invalid="ignore"):
-        lm[(cube.model / cube.err).max(axis=0) > 3] = 1
-    result = clip_cube(cube.sci, cube.err, lm)
-    without = clip_cube(cube.sci, cube.err, lm, ceiling_ratio=np.inf)
+    result = clip_target(cube)
+    without = clip_target(cube, ceiling_ratio=np.inf)
     assert result.flags[vox].all()
     assert (np.abs(result.sci[vox] - cube.clean[vox]) < 10 * cube.err[vox]).all()
     assert not without.flags[vox].any()
     # on real signal, at most a voxel next to one of the cube's residuals is flagged
     # (here the one beside a 2500-sigma hit, flagged by growing)
-    with np.errstate(invalid="ignore"):
-        on_signal = result.flags & ~cube.artifact_mask & (cube.model > 10 * cube.err)
+    on_signal = flags_on_signal(result, cube)
     beside = ndimage.binary_dilation(cube.artifact_mask, np.ones((1, 3, 3), bool))
     assert on_signal.sum() <= 1
     assert not (on_signal & ~beside).any()

@@ -102,8 +102,9 @@ fit's basis is now flagged with the same sign, on the same plane, or beyond
 ``2 sigma`` on a plane next to it where this spaxel is flagged beyond ``2 sigma``
 too (the voxel is then the residual's tail), and the refit finds more than the
 first fit did: one residual spanning both spaxels spoiled that first prediction
-(the refit's verdict is then taken even where it is the vaguer one). "Bright" here also covers a voxel whose first prediction exceeds
-``bright_snr`` x ERR: the peak of a narrow line rises from a faint baseline.
+(the refit's verdict is then taken even where it is the vaguer one). "Bright" here
+also covers a voxel whose first prediction exceeds ``bright_snr`` x ERR: the peak of
+a narrow line rises from a faint baseline.
 
 **Tails.** A residual spanning 2-3 planes leaves its tails next to the flagged core:
 the spaxel's fit for a tail holds the residual's other planes in its window (and its
@@ -582,10 +583,8 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     tk, ts, core_sign = _tails_to_check(fk, fs, flags, rho, usable, bright,
                                         _TAIL_CORE * sigma)
     if tk.size:
-        guard = flags.copy()
-        guard[1:] |= flags[:-1]
-        guard[:-1] |= flags[1:]
-        v, var = _predict(y, e, usable, neighbours, tk, ts, exclude=(outlying, guard),
+        v, var = _predict(y, e, usable, neighbours, tk, ts,
+                          exclude=(outlying, _with_adjacent_planes(flags)),
                           flagged=(flags, fk, fs), repaired_value=value, **common)
         with np.errstate(invalid="ignore", divide="ignore"):
             z = (y[tk, ts] - v) / np.sqrt(e[tk, ts] ** 2 + var) / scale[tk]
@@ -600,10 +599,8 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     on_bright = bright[fk, fs]
     ks, ss = fk[on_bright], fs[on_bright]
     if ks.size:
-        guard = flags.copy()
-        guard[1:] |= flags[:-1]
-        guard[:-1] |= flags[1:]
-        v, var = _predict(y, e, usable, neighbours, ks, ss, exclude=(outlying, guard),
+        v, var = _predict(y, e, usable, neighbours, ks, ss,
+                          exclude=(outlying, _with_adjacent_planes(flags)),
                           flagged=(flags, fk, fs), repaired_value=value, **common)
         # (not where the guard leaves the fit far vaguer: it would extrapolate)
         with np.errstate(invalid="ignore"):
@@ -633,6 +630,14 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         value[mk, ms] = [spectral_baseline(y, usable, k, s) for k, s in zip(mk, ms, strict=True)]
         variance[mk, ms] = (_MEDIAN4_VAR + 1.0) * e[mk, ms] ** 2
     return flags, RobustPrediction(value, variance, rho, scale)
+
+
+def _with_adjacent_planes(flags):
+    """``flags`` grown by one plane either way (the guard around flagged voxels)."""
+    guard = flags.copy()
+    guard[1:] |= flags[:-1]
+    guard[:-1] |= flags[1:]
+    return guard
 
 
 def _tails_to_check(fk, fs, flags, rho, usable, bright, core):
