@@ -107,15 +107,15 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
         use &= ~dropped
     if screen is not None:
         # neighbours that stand out from their own spectrum on this plane: if they
-        # are a minority, a residual hit them (a line would show in most), and they
-        # are left out of the basis
+        # are fewer than half, a residual hit them (a line would show in most, or,
+        # moved by a velocity gradient, in half), and they are left out of the basis
         level = np.abs(screen[ks[:, None], nbc])
         typical = _nanmedian_rows(np.where(use, level, np.nan))[:, None]
         with np.errstate(invalid="ignore"):
             outlying = (level > candidate_sigma) & (~bright[ks[:, None], nbc]
                                                     | (level > 4.0 * typical + candidate_sigma))
         hit = use & outlying
-        minority = 2 * hit.sum(axis=1) <= use.sum(axis=1)
+        minority = 2 * hit.sum(axis=1) < use.sum(axis=1)
         use &= ~(hit & minority[:, None])
     n_val = np.where(use[:, None, :], n_val, 0.0)
     basis = np.empty(kk.shape + (5,))

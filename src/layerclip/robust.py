@@ -57,8 +57,9 @@ wider interval. Three safeguards keep one residual from faking the prediction:
   left out of every window;
 * neighbours that stand out from their own spectrum on plane ``k`` (the screen
   beyond ``candidate_sigma``; on a bright spectrum also beyond four times the
-  neighbours' typical value), when they are a minority, are left out of the basis
-  (a line would show in most of them, a residual hits a few);
+  neighbours' typical value), when they are fewer than half, are left out of the
+  basis (a line would show in most of them, or in half where a velocity gradient
+  moves a narrow line's peak onto plane ``k``; a residual hits a few);
 * where the neighbours hold no signal on plane ``k`` (median below 3 ERR), the
   median over neighbours of single-neighbour fits ``b + a n + c n'`` (without the
   planes next to ``k``, leaving out neighbours that extrapolate) replaces the joint
@@ -109,10 +110,15 @@ a narrow line rises from a faint baseline.
 **Tails.** A residual spanning 2-3 planes leaves its tails next to the flagged core:
 the spaxel's fit for a tail holds the residual's other planes in its window (and its
 neighbours' spectra the residual's spread), learns its shape and predicts it. So
-the planes next to a flag beyond ``2 sigma`` on a bright spectrum are fitted once
-more with the planes next to every flag left out of the window; a tail beyond
-``sigma`` with the core's sign is flagged (the tail's own spectrum may look faint
-to the screen: the residual's other planes pull its baseline).
+the planes next to a flag beyond ``2 sigma`` are fitted once more with the planes
+next to every flag left out of the window (where that leaves too few planes, only
+the flags); on a faint spectrum the two-term fit on the summed neighbours (below)
+is taken where it is the more precise (a five-term fit on a faint continuum, with
+a flagged neighbour left out, can extrapolate by several ERR). A tail beyond
+``sigma`` with the core's sign is flagged. A second round refits the tails left
+unflagged: the first may have had its neighbours' tails, flagged in the same
+round, in its basis. (The tail's own spectrum may look faint to the screen: the
+residual's other planes pull its baseline.)
 
 **Replacement values.** A flagged voxel takes its prediction. On a bright spectrum
 it is predicted once more without the planes next to it (unflagged tails of the
@@ -189,6 +195,9 @@ _SCALE_SPAXELS = 256
 # spectrum its neighbouring planes are checked as the residual's tails, and in later
 # passes it marks the first predictions next to it as spoiled.
 _TAIL_CORE = 2.0
+# Rounds of the tail check (the second sees the tails the first flagged in the
+# neighbours, no longer in their bases).
+_TAIL_ROUNDS = 2
 
 
 def robust_halo(*, half_window=DEFAULTS["half_window"], scale_window=DEFAULTS["scale_window"],
@@ -200,13 +209,15 @@ def robust_halo(*, half_window=DEFAULTS["half_window"], scale_window=DEFAULTS["s
     scale (``3 + scale_window``), whichever is wider, and its flags
     grow ``grow`` planes; every later pass reads the flags and predictions of the
     one before through its fit window and grows again; the planes next to strong
-    flags are checked as tails (the fit window and a one-plane guard around flags),
-    and flagged voxels are fitted once more for their replacement value (the same
-    again); interpolated replacement reads ``interp_gap`` planes more.
+    flags are checked as tails, in ``_TAIL_ROUNDS`` rounds (each reads the fit window
+    and a one-plane guard around flags), and flagged voxels are fitted once more for
+    their replacement value (the same again); interpolated replacement reads
+    ``interp_gap`` planes more.
     """
     h, g = int(half_window), int(grow)
     first = max(h + _CEILING_PLANES, max(_BASELINE_OFFSETS) + int(scale_window)) + g
-    return first + (int(passes) - 1) * (h + g) + 2 * (h + 1) + int(interp_gap)
+    return (first + (int(passes) - 1) * (h + g) + (_TAIL_ROUNDS + 1) * (h + 1)
+            + int(interp_gap))
 
 
 def neighbour_table(layer_map):
@@ -327,7 +338,7 @@ def _predict(y, e, usable, neighbours, ks, ss, *, opts, nothing, unusable_before
         The screen's normalised residual and where spectra are bright. Neighbours
         that stand out on the voxel's plane (beyond ``candidate_sigma`` on a faint
         spectrum; on a bright one, also beyond four times the neighbours' typical
-        value) are left out of the basis when they are a minority.
+        value) are left out of the basis when they are fewer than half.
 
     Returns
     -------
@@ -574,25 +585,48 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         seed = np.abs(rho[sk, sk_s]) > sigma
         flags, fk, fs = _grow(sk[seed], sk_s[seed], rho, usable, neighbours, grow_sigma,
                               grow)
-    # The tails of a residual spanning 2-3 planes: next to a strong flag on a bright
-    # spectrum, the voxel's own fit window holds the residual's other planes, and
-    # its neighbours' spectra the residual's spread, so its fits can learn the
+    # The tails of a residual spanning 2-3 planes: next to a strong flag, the
+    # voxel's own fit window holds the residual's other planes, and its
+    # neighbours' spectra the residual's spread, so its fits can learn the
     # residual's shape and predict it. Fitted once more with the planes next to
     # every flag left out of its window, a tail of the same sign beyond sigma is
-    # flagged too.
-    tk, ts, core_sign = _tails_to_check(fk, fs, flags, rho, usable, bright,
-                                        _TAIL_CORE * sigma)
-    if tk.size:
+    # flagged too; a second round sees the tails the first flagged in neighbours.
+    tk, ts, core_sign = _tails_to_check(fk, fs, flags, rho, usable, _TAIL_CORE * sigma)
+    for _ in range(_TAIL_ROUNDS):
+        if tk.size == 0:
+            break
+        guard = _with_adjacent_planes(flags)
         v, var = _predict(y, e, usable, neighbours, tk, ts,
-                          exclude=(outlying, _with_adjacent_planes(flags)),
+                          exclude=(outlying, guard),
                           flagged=(flags, fk, fs), repaired_value=value, **common)
+        # (where the guard leaves too few planes, without it)
+        again = np.flatnonzero(~np.isfinite(v))
+        if again.size:
+            v[again], var[again] = _predict(y, e, usable, neighbours, tk[again], ts[again],
+                                            exclude=(outlying, flags), flagged=(flags, fk, fs),
+                                            repaired_value=value, **common)
+        faint = np.flatnonzero(~bright[tk, ts])
+        if faint.size:
+            v2 = np.empty(faint.size)
+            var2 = np.empty(faint.size)
+            sum_fit_voxels(y, e, usable, unusable_before, guard | outlying, flags, value,
+                           neighbours, tk[faint], ts[faint], int(half_window), v2, var2)
+            with np.errstate(invalid="ignore"):
+                better = var2 < var[faint]
+            v[faint[better]] = v2[better]
+            var[faint[better]] = var2[better]
         with np.errstate(invalid="ignore", divide="ignore"):
             z = (y[tk, ts] - v) / np.sqrt(e[tk, ts] ** 2 + var) / scale[tk]
             tail = np.isfinite(z) & (np.sign(z) == core_sign) & (np.abs(z) > sigma)
-        tk, ts = tk[tail], ts[tail]
-        flags[tk, ts] = True
-        value[tk, ts], variance[tk, ts], rho[tk, ts] = v[tail], var[tail], z[tail]
+        if not tail.any():
+            break
+        flags[tk[tail], ts[tail]] = True
+        value[tk[tail], ts[tail]] = v[tail]
+        variance[tk[tail], ts[tail]] = var[tail]
+        rho[tk[tail], ts[tail]] = z[tail]
         fk, fs = true_positions(flags)
+        left = ~flags[tk, ts]
+        tk, ts, core_sign = tk[left], ts[left], core_sign[left]
     # Replacement values: a flagged voxel on a bright spectrum is predicted once
     # more without the planes next to it (unflagged tails of the same residual would
     # pull the prediction), where that leaves enough planes.
@@ -640,16 +674,16 @@ def _with_adjacent_planes(flags):
     return guard
 
 
-def _tails_to_check(fk, fs, flags, rho, usable, bright, core):
-    """Usable, unflagged voxels next (one plane) to a flag of their spaxel on a bright
-    spectrum whose ``|rho|`` exceeds ``core``; their planes, spaxels and that flag's sign.
+def _tails_to_check(fk, fs, flags, rho, usable, core):
+    """Usable, unflagged voxels next (one plane) to a flag of their spaxel whose
+    ``|rho|`` exceeds ``core``; their planes, spaxels and that flag's sign.
 
     ``fk, fs`` are the planes and spaxels of the flags in ``flags``.
 
     (The tail itself may sit on a spectrum the screen calls faint: the residual's
     other planes pull its baseline down or up.)"""
     n_planes = flags.shape[0]
-    strong = bright[fk, fs] & (np.abs(rho[fk, fs]) > core)
+    strong = np.abs(rho[fk, fs]) > core
     ck, cs = fk[strong], fs[strong]
     tk = np.concatenate([ck - 1, ck + 1])
     ts = np.concatenate([cs, cs])

@@ -428,7 +428,10 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                         n_use -= 1
         if use_screen and n_use > 0:
             # neighbours that stand out from their own spectrum on this plane are
-            # left out of the basis when they are a minority
+            # left out of the basis when they are fewer than half (not when exactly
+            # half: a velocity gradient moves a narrow line's peak onto this plane
+            # in half the neighbours, and leaving those out leaves a basis without
+            # the line's shape here)
             n = 0
             for q in range(8):
                 if use[q]:
@@ -444,7 +447,7 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                         not bright[k, nb] or level[q] > 4.0 * typical + candidate_sigma)
                     level[q] = 1.0 if hit else 0.0
                     n_hit += hit
-            if 2 * n_hit <= n_use:
+            if 2 * n_hit < n_use:
                 for q in range(8):
                     if use[q] and level[q] > 0.0:
                         use[q] = False
