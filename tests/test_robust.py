@@ -6,7 +6,7 @@ from benchmark_cubes import benchmark_cube, clip_target, flags_on_signal
 
 from layerclip.clip import clip_cube, halo_planes
 from layerclip.errors import OptionError
-from layerclip.robust import masked_median
+from layerclip.robust import _bound_replacements, masked_median
 from layerclip.simulate import Artifact, make_cube
 
 SMALL = {"shape": (160, 21, 21), "fov_size": 16, "wave_range": (1.148, 1.185)}
@@ -208,6 +208,38 @@ def test_tail_of_a_residual_on_a_faint_continuum_is_caught():
     assert strong.sum() >= 6
     assert result.flags[voxels][strong].all()
     assert not result.flags[~cube.artifact_mask].any()
+
+
+def test_replacement_between_its_neighbouring_planes_stays_near_them():
+    # Three flags of one spectrum: a value between its neighbours in wavelength
+    # whose fit went far off is clipped to that range widened by 3 ERR, either
+    # way; a spike is left to its fit (its neighbours may be a residual's tails).
+    y = np.array([[0.0, 0.0, 0.0], [100.0, 50.0, 5.0], [10.0, 40.0, 100.0],
+                  [1.0, 0.0, 5.0], [0.0, 0.0, 0.0]])
+    e = np.ones_like(y)
+    flags = np.zeros(y.shape, bool)
+    flags[2] = True
+    fk, fs = np.nonzero(flags)
+    value = np.full(y.shape, np.nan)
+    value[2] = [-80.0, 95.0, 30.0]
+    _bound_replacements(y, e, np.ones(y.shape, bool), flags, fk, fs, value)
+    np.testing.assert_allclose(value[2], [-2.0, 53.0, 30.0])
+
+
+def test_misfit_on_a_narrow_lines_wing_is_not_replaced_far_off():
+    # Seed 1's compact cube, 45 km/s lines with a strong velocity gradient: a voxel
+    # on the red wing (S/N 9, between 115 and 4 ERR on the planes either side) is
+    # flagged as a misfit of the line's shape, and its fit without the planes next
+    # to it extrapolated 106 ERR below the truth (its spaxel's line flux 29 sigma
+    # low). Its replacement is now kept within 3 ERR of the range of its neighbours
+    # in wavelength.
+    cube = benchmark_cube("compact", seed=1, line_sigma_kms=45.0, noise=1.0, edge_noise=3.0)
+    result = clip_target(cube)
+    bad = result.flags & ~cube.artifact_mask
+    with np.errstate(invalid="ignore"):
+        error = np.abs(result.sci - cube.clean)[bad] / cube.err[bad]
+    assert bad.sum() >= 1
+    assert error.max() < 10
 
 
 def test_replacements_on_a_faint_line_are_not_biased_low():

@@ -129,7 +129,10 @@ diluted towards zero (on the faint synthetic target the replaced voxels came out
 1-1.5 ERR low on average); there a two-term fit ``b + a S`` on the summed
 neighbour spectrum ``S``, which has the least noise for its signal, gives the value,
 its slope corrected for the dilution that ``S``'s known noise still causes
-(:func:`layerclip.robust_kernels.sum_fit_voxels`).
+(:func:`layerclip.robust_kernels.sum_fit_voxels`). Last, a flagged voxel whose value
+lies between those of the (unflagged) planes either side is neither a spike nor a
+dip; its value is kept within that range widened by 3 ERR, which a fit
+extrapolating a narrow line's shape can leave by a hundred ERR.
 
 The layer map still decides what is clipped (``-1`` spaxels are never touched nor
 used as neighbours), but no group statistic is used: a layer of any size can be
@@ -663,7 +666,27 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         mk, ms = mk[still], ms[still]
         value[mk, ms] = [spectral_baseline(y, usable, k, s) for k, s in zip(mk, ms, strict=True)]
         variance[mk, ms] = (_MEDIAN4_VAR + 1.0) * e[mk, ms] ** 2
+    # A flagged voxel whose value lies between those of the planes either side (no
+    # spike, no dip: on a line's wing a misfit of its shape is flagged so) is not
+    # given a value beyond them by more than 3 ERR: there the fit extrapolates
+    _bound_replacements(y, e, usable, flags, fk, fs, value)
     return flags, RobustPrediction(value, variance, rho, scale)
+
+
+def _bound_replacements(y, e, usable, flags, fk, fs, value):
+    """Clip, in place, the ``value`` of each flag ``(fk, fs)`` whose ``y`` lies between
+    those of the planes either side (both usable and unflagged) to that range
+    widened by 3 ``e``."""
+    n_planes = y.shape[0]
+    inside = (fk > 0) & (fk < n_planes - 1)
+    k, s = fk[inside], fs[inside]
+    ok = (usable[k - 1, s] & usable[k + 1, s] & ~flags[k - 1, s] & ~flags[k + 1, s])
+    k, s = k[ok], s[ok]
+    low = np.minimum(y[k - 1, s], y[k + 1, s])
+    high = np.maximum(y[k - 1, s], y[k + 1, s])
+    between = (y[k, s] >= low) & (y[k, s] <= high)
+    k, s, low, high = k[between], s[between], low[between], high[between]
+    value[k, s] = np.clip(value[k, s], low - 3.0 * e[k, s], high + 3.0 * e[k, s])
 
 
 def _with_adjacent_planes(flags):
