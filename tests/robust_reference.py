@@ -52,7 +52,8 @@ def spectral_baseline(y, usable):
 
 
 def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_window,
-             model_error, screen=None, bright=None, candidate_sigma=3.5, flagged=None):
+             model_error, screen=None, bright=None, candidate_sigma=3.5, flagged=None,
+             drop_adjacent=False):
     """Neighbour-basis predictions for the voxels ``(ks, ss)`` of a compact block.
 
     Parameters
@@ -76,6 +77,8 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
         basis when they are a minority (before the test above); where one was, the
         fit without the planes next to the voxel may be chosen on a bright spectrum
         too.
+    drop_adjacent : bool
+        Neighbours flagged on a plane next to the voxel's count as flagged on it.
 
     Returns
     -------
@@ -101,7 +104,13 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
     use = has & template_ok[kk[:, :, None], nbc[:, None, :]].all(axis=1)
     tainted = np.zeros(ks.size, bool)
     if flagged is not None:
-        hit = use & flagged[ks[:, None], nbc]
+        on_plane = flagged[ks[:, None], nbc]
+        if drop_adjacent:
+            below = np.maximum(ks - 1, 0)[:, None]
+            above = np.minimum(ks + 1, n_planes - 1)[:, None]
+            on_plane = (on_plane | ((ks > 0)[:, None] & flagged[below, nbc])
+                        | ((ks < n_planes - 1)[:, None] & flagged[above, nbc]))
+        hit = use & on_plane
         dropped = hit & (2 * hit.sum(axis=1) <= use.sum(axis=1))[:, None]
         tainted = dropped.any(axis=1)
         use &= ~dropped
@@ -287,7 +296,7 @@ def _nanmedian_rows(a):
 
 def predict_like_kernel(y, e, usable, neighbours, ks, ss, *, opts, nothing=None,
                         unusable_before=None, exclude=(), flagged=None, repaired_value=None,
-                        own_repaired=False, screen, bright):
+                        own_repaired=False, drop_adjacent=False, screen, bright):
     """:func:`predict` called with the arguments of ``layerclip.robust._predict``."""
     repaired = None
     if flagged is None:
@@ -304,4 +313,4 @@ def predict_like_kernel(y, e, usable, neighbours, ks, ss, *, opts, nothing=None,
         for mask in exclude:
             fit_ok &= ~mask
     return predict(own, e, fit_ok, template, template_ok, neighbours, ks, ss, screen=screen,
-                   bright=bright, flagged=repaired, **opts)
+                   bright=bright, flagged=repaired, drop_adjacent=drop_adjacent, **opts)

@@ -191,6 +191,25 @@ def test_tail_next_to_a_strong_flag_in_the_same_spaxel_is_caught():
     assert np.all(np.abs(result.sci[voxels] - cube.clean[voxels]) < 0.05 * injected)
 
 
+def test_tails_shared_by_neighbours_are_left_out_of_the_tail_fit():
+    # A 304-sigma residual over three planes and three spaxels of the seed-0 arc's
+    # line (S/N 50-130). In its peak spaxel the core is flagged, but the fits for its
+    # 121- and 106-sigma tails had the residual's tails in two neighbours in their
+    # basis and followed them. Those neighbours, flagged on the core's plane, are
+    # left out of the tail fit, and both tails are flagged.
+    cube = benchmark_cube("arc", seed=0)
+    art = next(a for a in cube.artifacts if a.on_line and 300 < a.peak_sigma < 310)
+    assert len(set(art.planes)) == 3 and len(set(zip(art.ys, art.xs, strict=True))) == 3
+    result = clip_target(cube)
+    peak = int(np.argmax(np.abs(art.values)))
+    for k in (art.planes[peak] - 1, art.planes[peak], art.planes[peak] + 1):
+        vox = k, art.ys[peak], art.xs[peak]
+        injected = abs(cube.sci[vox] - cube.clean[vox])
+        assert injected > 100 * cube.err[vox]
+        assert result.flags[vox]
+        assert abs(result.sci[vox] - cube.clean[vox]) < 0.15 * injected
+
+
 def test_tail_of_a_residual_on_a_faint_continuum_is_caught():
     # A 124-sigma residual over three planes and three spaxels of a continuum at
     # S/N 2-3, in seed 1's noisier field. One spaxel's first plane (12 sigma) sits

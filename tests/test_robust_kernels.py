@@ -207,7 +207,8 @@ def block():
     return y, e, usable, neighbours, screen, bright, outlying, candidate, flags
 
 
-@pytest.mark.parametrize("case", ["first pass", "flags repaired", "own spectrum repaired"])
+@pytest.mark.parametrize("case", ["first pass", "flags repaired", "own spectrum repaired",
+                                  "flags on adjacent planes dropped"])
 def test_predictions_match_vectorised_reference(block, case, rng):
     """The compiled per-voxel fits agree with the NumPy implementation they replaced."""
     y, e, usable, neighbours, screen, bright, outlying, candidate, flags = block
@@ -222,7 +223,8 @@ def test_predictions_match_vectorised_reference(block, case, rng):
         value[fk, fs] = y[fk, fs] + rng.normal(size=fk.size) * e[fk, fs]
         value[fk[::7], fs[::7]] = np.nan
         kw.update(exclude=(outlying, flags), flagged=(flags, fk, fs), repaired_value=value,
-                  own_repaired=case == "own spectrum repaired")
+                  own_repaired=case == "own spectrum repaired",
+                  drop_adjacent=case == "flags on adjacent planes dropped")
     unusable_before = np.empty((y.shape[0] + 1, y.shape[1]), np.int32)
     count_unusable(usable, unusable_before)
     got, got_var = robust._predict(y, e, usable, neighbours, ks, ss,

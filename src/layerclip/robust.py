@@ -112,7 +112,8 @@ the spaxel's fit for a tail holds the residual's other planes in its window (and
 neighbours' spectra the residual's spread), learns its shape and predicts it. So
 the planes next to a flag beyond ``2 sigma`` are fitted once more with the planes
 next to every flag left out of the window (where that leaves too few planes, only
-the flags); on a faint spectrum the two-term fit on the summed neighbours (below)
+the flags) and the neighbours flagged next to the tail's plane left out of the
+basis (a residual over several spaxels leaves its tails in them too); on a faint spectrum the two-term fit on the summed neighbours (below)
 is taken where it is the more precise (a five-term fit on a faint continuum, with
 a flagged neighbour left out, can extrapolate by several ERR). A tail beyond
 ``sigma`` with the core's sign is flagged. A second round refits the tails left
@@ -312,7 +313,8 @@ def _screen(y, e, usable, sky, neighbours, *, scale_window, bright_snr, sigma,
 
 
 def _predict(y, e, usable, neighbours, ks, ss, *, opts, nothing, unusable_before, exclude=(),
-             flagged=None, repaired_value=None, own_repaired=False, screen, bright):
+             flagged=None, repaired_value=None, own_repaired=False, drop_adjacent=False,
+             screen, bright):
     """Neighbour-basis predictions for the voxels ``(ks, ss)`` of a compact block.
 
     Parameters
@@ -337,6 +339,9 @@ def _predict(y, e, usable, neighbours, ks, ss, *, opts, nothing, unusable_before
         the voxel's own plane are left out of the basis when they are a minority.
     own_repaired : bool
         Read the spaxel's own spectrum repaired too, ignoring ``exclude``.
+    drop_adjacent : bool
+        Neighbours flagged on a plane next to the voxel's are left out of the basis
+        as if flagged on it (when a minority).
     screen, bright : ndarray
         The screen's normalised residual and where spectra are bright. Neighbours
         that stand out on the voxel's plane (beyond ``candidate_sigma`` on a faint
@@ -361,7 +366,8 @@ def _predict(y, e, usable, neighbours, ks, ss, *, opts, nothing, unusable_before
         any_repaired = fk.size > 0
         any_broken = not np.isfinite(repaired_value[fk, fs]).all()
     predict_voxels(y, e, usable, unusable_before, masks[0], masks[1], repaired,
-                   repaired_value, any_repaired, any_broken, bool(own_repaired), neighbours,
+                   repaired_value, any_repaired, any_broken, bool(own_repaired),
+                   bool(drop_adjacent), neighbours,
                    np.ascontiguousarray(ks, np.int64), np.ascontiguousarray(ss, np.int64),
                    int(opts["half_window"]), float(opts["model_error"]), screen, bright, True,
                    float(opts["candidate_sigma"]), value, variance)
@@ -600,7 +606,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
             break
         guard = _with_adjacent_planes(flags)
         v, var = _predict(y, e, usable, neighbours, tk, ts,
-                          exclude=(outlying, guard),
+                          exclude=(outlying, guard), drop_adjacent=True,
                           flagged=(flags, fk, fs), repaired_value=value, **common)
         # (where the guard leaves too few planes, without it)
         again = np.flatnonzero(~np.isfinite(v))

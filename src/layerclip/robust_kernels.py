@@ -319,7 +319,8 @@ def _repaired(y, repaired, repaired_value, k, s):
 
 @njit(**_JIT)
 def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired,
-                   repaired_value, any_repaired, any_broken, own_repaired, neighbours, ks, ss,
+                   repaired_value, any_repaired, any_broken, own_repaired, drop_adjacent,
+                   neighbours, ks, ss,
                    half_window, model_error, screen, bright, use_screen, candidate_sigma,
                    value_out, variance_out):
     """Predictions and their variances for the voxels ``(ks[i], ss[i])``.
@@ -346,6 +347,10 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
     own_repaired : bool
         The spaxel's own window is read repaired too, and only unusable voxels are
         left out of it (``exclude_a`` and ``exclude_b`` are ignored).
+    drop_adjacent : bool
+        Neighbours repaired on a plane next to the voxel's count as repaired on it
+        (left out of the basis when a minority): the tail check's fits, where a
+        residual spanning spaxels and planes has unflagged tails in them.
     neighbours : ndarray of int64, shape (8, m)
     ks, ss : ndarray of int64
     half_window : int
@@ -418,7 +423,9 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
         if any_repaired and n_use > 0:
             n_hit = 0
             for q in range(8):
-                keep[q] = use[q] and repaired[k, neighbours[q, s]]
+                nb = neighbours[q, s]
+                keep[q] = use[q] and (repaired[k, nb] or drop_adjacent and (
+                    k > 0 and repaired[k - 1, nb] or k < n_planes - 1 and repaired[k + 1, nb]))
                 n_hit += keep[q]
             if 2 * n_hit <= n_use:
                 tainted = n_hit > 0
