@@ -6,7 +6,7 @@ from benchmark_cubes import benchmark_cube, clip_target, flags_on_signal
 
 from layerclip.clip import clip_cube, halo_planes
 from layerclip.errors import OptionError
-from layerclip.robust import _bound_replacements, masked_median
+from layerclip.robust import _bound_replacements, _guard_short_runs, masked_median
 from layerclip.simulate import Artifact, make_cube
 
 SMALL = {"shape": (160, 21, 21), "fov_size": 16, "wave_range": (1.148, 1.185)}
@@ -243,6 +243,17 @@ def test_replacement_between_its_neighbouring_planes_stays_near_them():
     value[2] = [-80.0, 95.0, 30.0]
     _bound_replacements(y, e, np.ones(y.shape, bool), flags, fk, fs, value)
     np.testing.assert_allclose(value[2], [-2.0, 53.0, 30.0])
+
+
+def test_replacement_guard_stops_at_runs_of_three_flags():
+    # The planes next to flags are left out of a bright voxel's replacement fit
+    # (they may be a residual's unflagged tails), but not beyond a run of three
+    # flagged planes: a residual spans at most three, and on a line the extra
+    # planes lost make the fit extrapolate its peak.
+    flags = np.zeros((12, 1), bool)
+    flags[[2, 3, 4, 8], 0] = True
+    want = [0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0]
+    np.testing.assert_array_equal(_guard_short_runs(flags)[:, 0], want)
 
 
 def test_misfit_on_a_narrow_lines_wing_is_not_replaced_far_off():

@@ -113,18 +113,20 @@ neighbours' spectra the residual's spread), learns its shape and predicts it. So
 the planes next to a flag beyond ``2 sigma`` are fitted once more with the planes
 next to every flag left out of the window (where that leaves too few planes, only
 the flags) and the neighbours flagged next to the tail's plane left out of the
-basis (a residual over several spaxels leaves its tails in them too); on a faint spectrum the two-term fit on the summed neighbours (below)
-is taken where it is the more precise (a five-term fit on a faint continuum, with
-a flagged neighbour left out, can extrapolate by several ERR). A tail beyond
+basis (a residual over several spaxels leaves its tails in them too); on a faint
+spectrum the two-term fit on the summed neighbours (below) is taken where it is
+the more precise (a five-term fit on a faint continuum, with a flagged neighbour
+left out, can extrapolate by several ERR). A tail beyond
 ``sigma`` with the core's sign is flagged. A second round refits the tails left
 unflagged: the first may have had its neighbours' tails, flagged in the same
 round, in its basis. (The tail's own spectrum may look faint to the screen: the
 residual's other planes pull its baseline.)
 
 **Replacement values.** A flagged voxel takes its prediction. On a bright spectrum
-it is predicted once more without the planes next to it (unflagged tails of the
-same residual would pull it), unless that leaves the fit more than four times
-vaguer (it would extrapolate). On a faint spectrum the five-term fit regresses on
+it is predicted once more without the planes next to flags (unflagged tails of the
+same residual would pull it; not beyond a run of three flagged planes, which has
+no tails left), unless that leaves the fit more than four times vaguer (it would
+extrapolate). On a faint spectrum the five-term fit regresses on
 five noisy spectra, and its slopes, hence a faint line's predicted peak, are
 diluted towards zero (on the faint synthetic target the replaced voxels came out
 1-1.5 ERR low on average); there a two-term fit ``b + a S`` on the summed
@@ -637,13 +639,14 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         left = ~flags[tk, ts]
         tk, ts, core_sign = tk[left], ts[left], core_sign[left]
     # Replacement values: a flagged voxel on a bright spectrum is predicted once
-    # more without the planes next to it (unflagged tails of the same residual would
-    # pull the prediction), where that leaves enough planes.
+    # more without the planes next to flags (unflagged tails of the same residual
+    # would pull the prediction; a run of three flags has none left), where that
+    # leaves enough planes.
     on_bright = bright[fk, fs]
     ks, ss = fk[on_bright], fs[on_bright]
     if ks.size:
         v, var = _predict(y, e, usable, neighbours, ks, ss,
-                          exclude=(outlying, _with_adjacent_planes(flags)),
+                          exclude=(outlying, _guard_short_runs(flags)),
                           flagged=(flags, fk, fs), repaired_value=value, **common)
         # (not where the guard leaves the fit far vaguer: it would extrapolate)
         with np.errstate(invalid="ignore"):
@@ -700,6 +703,19 @@ def _with_adjacent_planes(flags):
     guard = flags.copy()
     guard[1:] |= flags[:-1]
     guard[:-1] |= flags[1:]
+    return guard
+
+
+def _guard_short_runs(flags):
+    """``flags`` grown by one plane either way, except beyond a run of three or more
+    flagged planes (a residual spans at most three: such a run has no tails left)."""
+    top = np.zeros_like(flags)
+    top[2:] = flags[2:] & flags[1:-1] & flags[:-2]
+    bottom = np.zeros_like(flags)
+    bottom[:-2] = flags[:-2] & flags[1:-1] & flags[2:]
+    guard = flags.copy()
+    guard[1:] |= flags[:-1] & ~top[:-1]
+    guard[:-1] |= flags[1:] & ~bottom[1:]
     return guard
 
 
