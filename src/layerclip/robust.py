@@ -631,12 +631,22 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
             tail = np.isfinite(z) & (np.sign(z) == core_sign) & (np.abs(z) > sigma)
         if not tail.any():
             break
-        flags[tk[tail], ts[tail]] = True
+        tk_new, ts_new = tk[tail], ts[tail]
+        flags[tk_new, ts_new] = True
         value[tk[tail], ts[tail]] = v[tail]
         variance[tk[tail], ts[tail]] = var[tail]
         rho[tk[tail], ts[tail]] = z[tail]
         fk, fs = true_positions(flags)
+        # the next round refits only the tails whose fit the new flags reach (in
+        # their spaxel or a neighbour, within the window and its guard): elsewhere
+        # it would see the same data
         left = ~flags[tk, ts]
+        tk, ts, core_sign = tk[left], ts[left], core_sign[left]
+        pending = np.zeros(y.shape, bool)
+        pending[tk, ts] = True
+        reached = np.zeros(y.shape, bool)
+        near_flags(tk_new, ts_new, neighbours, int(half_window) + 1, pending, pending, reached)
+        left = reached[tk, ts]
         tk, ts, core_sign = tk[left], ts[left], core_sign[left]
     # Replacement values: a flagged voxel on a bright spectrum is predicted once
     # more without the planes next to flags (unflagged tails of the same residual
