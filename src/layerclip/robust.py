@@ -118,8 +118,8 @@ spectrum the two-term fit on the summed neighbours (below) is taken where it is
 the more precise (a five-term fit on a faint continuum, with a flagged neighbour
 left out, can extrapolate by several ERR). A tail beyond
 ``sigma`` with the core's sign is flagged. A second round refits the tails left
-unflagged: the first may have had its neighbours' tails, flagged in the same
-round, in its basis. (The tail's own spectrum may look faint to the screen: the
+unflagged that the first round's new flags reach: their fits may have had those
+neighbours' tails in their basis. (The tail's own spectrum may look faint to the screen: the
 residual's other planes pull its baseline.)
 
 **Replacement values.** A flagged voxel takes its prediction. On a bright spectrum
