@@ -104,13 +104,12 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
     use = has & template_ok[kk[:, :, None], nbc[:, None, :]].all(axis=1)
     tainted = np.zeros(ks.size, bool)
     if flagged is not None:
-        on_plane = flagged[ks[:, None], nbc]
         if drop_adjacent:
-            below = np.maximum(ks - 1, 0)[:, None]
-            above = np.minimum(ks + 1, n_planes - 1)[:, None]
-            on_plane = (on_plane | ((ks > 0)[:, None] & flagged[below, nbc])
-                        | ((ks < n_planes - 1)[:, None] & flagged[above, nbc]))
-        hit = use & on_plane
+            grown = flagged.copy()
+            grown[1:] |= flagged[:-1]
+            grown[:-1] |= flagged[1:]
+            flagged = grown
+        hit = use & flagged[ks[:, None], nbc]
         dropped = hit & (2 * hit.sum(axis=1) <= use.sum(axis=1))[:, None]
         tainted = dropped.any(axis=1)
         use &= ~dropped

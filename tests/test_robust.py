@@ -25,6 +25,12 @@ def _line_peak(cube):
     return np.unravel_index(np.argmax(model), model.shape)
 
 
+def _peak_voxel(art):
+    """(plane, y, x) of an artifact's largest injected value."""
+    peak = int(np.argmax(np.abs(art.values)))
+    return art.planes[peak], art.ys[peak], art.xs[peak]
+
+
 @pytest.fixture(scope="module")
 def compact():
     return make_cube("compact", seed=11, n_artifacts=0, **SMALL)
@@ -78,8 +84,7 @@ def test_artifacts_found_and_replaced(arc):
     assert len(strong) >= 10
     caught = 0
     for art in strong:
-        peak = int(np.argmax(np.abs(art.values)))
-        vox = art.planes[peak], art.ys[peak], art.xs[peak]
+        vox = _peak_voxel(art)
         if result.flags[vox]:
             caught += 1
             assert abs(result.sci[vox] - arc.clean[vox]) < 10 * arc.err[vox]
@@ -98,8 +103,7 @@ def test_residual_shared_by_neighbours_on_a_faint_line_is_caught(arc):
                and len(set(zip(a.ys, a.xs, strict=True))) >= 3]
     assert on_line
     for art in on_line:
-        peak = int(np.argmax(np.abs(art.values)))
-        assert result.flags[art.planes[peak], art.ys[peak], art.xs[peak]]
+        assert result.flags[_peak_voxel(art)]
 
 
 def test_residual_spoiling_its_neighbours_prediction_is_caught_in_a_later_pass():
@@ -112,8 +116,7 @@ def test_residual_spoiling_its_neighbours_prediction_is_caught_in_a_later_pass()
                if a.on_line and len(set(zip(a.ys, a.xs, strict=True))) == 3
                and abs(a.peak_sigma) > 300)
     result = clip_target(cube)
-    peak = int(np.argmax(np.abs(art.values)))
-    vox = art.planes[peak], art.ys[peak], art.xs[peak]
+    vox = _peak_voxel(art)
     assert cube.model[vox] > 100 * cube.err[vox]
     assert result.flags[vox]
     assert abs(result.sci[vox] - cube.clean[vox]) < 10 * cube.err[vox]
@@ -132,8 +135,7 @@ def test_flagged_neighbour_with_a_poor_repair_does_not_spoil_the_refits():
     art = next(a for a in cube.artifacts if a.on_line and a.peak_sigma < -300)
     assert len(set(zip(art.ys, art.xs, strict=True))) == 4
     result = clip_target(cube)
-    peak = int(np.argmax(np.abs(art.values)))
-    vox = art.planes[peak], art.ys[peak], art.xs[peak]
+    vox = _peak_voxel(art)
     assert cube.model[vox] > 900 * cube.err[vox]
     assert result.flags[vox]
     assert abs(result.sci[vox] - cube.clean[vox]) < 10 * cube.err[vox]
@@ -201,9 +203,9 @@ def test_tails_shared_by_neighbours_are_left_out_of_the_tail_fit():
     art = next(a for a in cube.artifacts if a.on_line and 300 < a.peak_sigma < 310)
     assert len(set(art.planes)) == 3 and len(set(zip(art.ys, art.xs, strict=True))) == 3
     result = clip_target(cube)
-    peak = int(np.argmax(np.abs(art.values)))
-    for k in (art.planes[peak] - 1, art.planes[peak], art.planes[peak] + 1):
-        vox = k, art.ys[peak], art.xs[peak]
+    core, y, x = _peak_voxel(art)
+    for k in (core - 1, core, core + 1):
+        vox = k, y, x
         injected = abs(cube.sci[vox] - cube.clean[vox])
         assert injected > 100 * cube.err[vox]
         assert result.flags[vox]

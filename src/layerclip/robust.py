@@ -116,11 +116,11 @@ the flags) and the neighbours flagged next to the tail's plane left out of the
 basis (a residual over several spaxels leaves its tails in them too); on a faint
 spectrum the two-term fit on the summed neighbours (below) is taken where it is
 the more precise (a five-term fit on a faint continuum, with a flagged neighbour
-left out, can extrapolate by several ERR). A tail beyond
-``sigma`` with the core's sign is flagged. A second round refits the tails left
-unflagged that the first round's new flags reach: their fits may have had those
-neighbours' tails in their basis. (The tail's own spectrum may look faint to the screen: the
-residual's other planes pull its baseline.)
+left out, can extrapolate by several ERR). A tail beyond ``sigma`` with the
+core's sign is flagged. A second round refits the tails left unflagged that the
+first round's new flags reach: their fits may have had those neighbours' tails in
+their basis. (The tail's own spectrum may look faint to the screen: the residual's
+other planes pull its baseline.)
 
 **Replacement values.** A flagged voxel takes its prediction. On a bright spectrum
 it is predicted once more without the planes next to flags (unflagged tails of the
@@ -631,21 +631,18 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
             tail = np.isfinite(z) & (np.sign(z) == core_sign) & (np.abs(z) > sigma)
         if not tail.any():
             break
-        tk_new, ts_new = tk[tail], ts[tail]
-        flags[tk_new, ts_new] = True
-        value[tk[tail], ts[tail]] = v[tail]
-        variance[tk[tail], ts[tail]] = var[tail]
-        rho[tk[tail], ts[tail]] = z[tail]
+        nk, ns = tk[tail], ts[tail]
+        flags[nk, ns] = True
+        value[nk, ns], variance[nk, ns], rho[nk, ns] = v[tail], var[tail], z[tail]
         fk, fs = true_positions(flags)
-        # the next round refits only the tails whose fit the new flags reach (in
+        # the next round refits only the unflagged tails the new flags reach (in
         # their spaxel or a neighbour, within the window and its guard): elsewhere
         # it would see the same data
-        left = ~flags[tk, ts]
-        tk, ts, core_sign = tk[left], ts[left], core_sign[left]
         pending = np.zeros(y.shape, bool)
-        pending[tk, ts] = True
+        pending[tk, ts] = ~flags[tk, ts]
         reached = np.zeros(y.shape, bool)
-        near_flags(tk_new, ts_new, neighbours, int(half_window) + 1, pending, pending, reached)
+        near_flags(nk, ns, neighbours, int(half_window) + 1, pending, common["nothing"],
+                   reached)
         left = reached[tk, ts]
         tk, ts, core_sign = tk[left], ts[left], core_sign[left]
     # Replacement values: a flagged voxel on a bright spectrum is predicted once
