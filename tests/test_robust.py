@@ -255,7 +255,14 @@ def test_replacement_guard_stops_at_runs_of_three_flags():
     flags = np.zeros((12, 1), bool)
     flags[[2, 3, 4, 8], 0] = True
     want = [0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0]
-    np.testing.assert_array_equal(_guard_short_runs(flags)[:, 0], want)
+    fk, fs = np.nonzero(flags)
+    np.testing.assert_array_equal(_guard_short_runs(flags, fk, fs)[:, 0], want)
+    # runs at the cube's ends, and a run of two (grown on both sides)
+    flags = np.zeros((9, 1), bool)
+    flags[[0, 1, 2, 5, 6], 0] = True
+    want = [1, 1, 1, 0, 1, 1, 1, 1, 0]
+    fk, fs = np.nonzero(flags)
+    np.testing.assert_array_equal(_guard_short_runs(flags, fk, fs)[:, 0], want)
 
 
 def test_misfit_on_a_narrow_lines_wing_is_not_replaced_far_off():

@@ -239,26 +239,28 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
         bad = ~np.isfinite(y)
         if excluded is not None:
             bad |= np.asarray(excluded[lo:hi], dtype=bool).reshape(hi - lo, -1)[:, index]
+        pred = None
         if method == "paper":
-            if replace == "median":
-                f = clip_block_paper(y, e, bad, groups, sigma=sigma, maxiters=maxiters)
-            else:
-                f = clip_block_paper(y.copy(), e.copy(), bad, groups, sigma=sigma,
-                                     maxiters=maxiters)
-                y, e = _replace(y, e, f, ~bad, None, replace, groups, interp_gap)
+            usable = ~bad
+            # (the median replacement runs in _clip_paper_median; the block's values
+            # are kept for the others, and clip_block_paper works in place)
+            f = clip_block_paper(y.copy(), e.copy(), bad, groups, sigma=sigma,
+                                 maxiters=maxiters)
         else:
-            yf = y.astype(float)
-            ef = e.astype(float)
-            usable = ~bad & np.isfinite(ef) & (ef > 0)
-            f, pred = clip_block_robust(yf, ef, usable, neighbours, sky=labels == 0,
+            y = y.astype(float)
+            e = e.astype(float)
+            usable = ~bad & np.isfinite(e) & (e > 0)
+            f, pred = clip_block_robust(y, e, usable, neighbours, sky=labels == 0,
                                         sigma=sigma, **robust_opts)
-            y, e = _replace(y, e, f, usable, pred, replace, groups, interp_gap)
         # write back the flagged voxels of the planes this block owns
-        ks, ss = np.nonzero(f[start - lo:stop - lo])
-        planes, cols = ks + start, index[ss]
+        ks, ss = np.divmod(np.flatnonzero(f[start - lo:stop - lo]), f.shape[1])
+        ks += start - lo
+        new_y, new_e = _replacements(y, e, f, usable, pred, ks, ss, replace, groups,
+                                     interp_gap)
+        planes, cols = ks + lo, index[ss]
         flat_flags[planes, cols] = True
-        flat_sci[planes, cols] = y[ks + start - lo, ss]
-        flat_err[planes, cols] = e[ks + start - lo, ss]
+        flat_sci[planes, cols] = new_y
+        flat_err[planes, cols] = new_e
     params = {"sigma": float(sigma), "replace": replace}
     if method == "paper":
         params["maxiters"] = maxiters
@@ -310,44 +312,36 @@ def _clip_paper_median(sci, err, layer_map, excluded, *, sigma, maxiters, block_
                               "maxiters": maxiters})
 
 
-def _replace(y, e, flags, usable, pred, replace, groups, interp_gap):
-    """Replacement values and ERR for the flagged voxels of a compact (planes, m) block."""
-    if not flags.any():
-        return y, e
-    new_y = y.copy()
-    new_e = e.copy()
-    good = usable & ~flags
+def _replacements(y, e, flags, usable, pred, ks, ss, replace, groups, interp_gap):
+    """Replacement values and ERR for the flagged voxels ``(ks, ss)`` of a compact
+    (planes, m) block (``flags`` holds all the block's flags)."""
+    if ks.size == 0:
+        return y[ks, ss], e[ks, ss]
     if replace == "nan":
-        new_y[flags] = np.nan
-        new_e[flags] = np.nan
-    elif replace == "model":
-        new_y[flags] = pred.value[flags]
-        new_e[flags] = np.sqrt(pred.variance[flags])
-    else:
-        if replace == "median" or pred is None:
-            # median of each group's usable, unflagged voxels in the plane (also the
-            # fallback of "interp" in paper mode)
-            med_y = np.full(y.shape, np.nan)
-            med_e = np.full(y.shape, np.nan)
-            for cols in groups:
-                g = good[:, cols]
-                med_y[:, cols] = masked_median(y[:, cols].T.astype(float), g.T)[:, None]
-                med_e[:, cols] = masked_median(e[:, cols].T.astype(float), g.T)[:, None]
-        if pred is not None:
-            fallback_y, fallback_e = pred.value, np.sqrt(pred.variance)
-        else:
-            fallback_y, fallback_e = med_y, med_e
+        return np.full(ks.size, np.nan), np.full(ks.size, np.nan)
+    if replace == "model":
+        return pred.value[ks, ss], np.sqrt(pred.variance[ks, ss])
+    good = usable & ~flags
+    if replace == "median" or pred is None:
+        # median of each group's usable, unflagged voxels in the plane (also the
+        # fallback of "interp" in paper mode)
+        med_y = np.full(y.shape, np.nan)
+        med_e = np.full(y.shape, np.nan)
+        for cols in groups:
+            g = good[:, cols]
+            med_y[:, cols] = masked_median(y[:, cols].T.astype(float), g.T)[:, None]
+            med_e[:, cols] = masked_median(e[:, cols].T.astype(float), g.T)[:, None]
         if replace == "median":
-            new_y[flags] = med_y[flags]
-            new_e[flags] = med_e[flags]
-        else:
-            iy, ie = _interpolate(y.astype(float), e.astype(float), good, interp_gap)
-            none = ~np.isfinite(iy)
-            iy[none] = fallback_y[none]
-            ie[none] = fallback_e[none]
-            new_y[flags] = iy[flags]
-            new_e[flags] = ie[flags]
-    return new_y, new_e
+            return med_y[ks, ss], med_e[ks, ss]
+        fallback_y, fallback_e = med_y[ks, ss], med_e[ks, ss]
+    else:
+        fallback_y, fallback_e = pred.value[ks, ss], np.sqrt(pred.variance[ks, ss])
+    iy, ie = _interpolate(y.astype(float), e.astype(float), good, interp_gap)
+    iy, ie = iy[ks, ss], ie[ks, ss]
+    none = ~np.isfinite(iy)
+    iy[none] = fallback_y[none]
+    ie[none] = fallback_e[none]
+    return iy, ie
 
 
 def _interpolate(y, e, good, gap):

@@ -166,7 +166,6 @@ from .robust_kernels import (
     spectral_baseline,
     sum_fit_voxels,
     supported,
-    true_positions,
 )
 
 __all__ = ["RobustPrediction", "clip_block_robust", "robust_halo", "neighbour_table",
@@ -435,7 +434,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     screen, rho, scale, bright, outlying, candidate = _screen(
         y, e, usable, sky, neighbours, scale_window=scale_window, bright_snr=bright_snr,
         sigma=sigma, candidate_sigma=candidate_sigma)
-    cand_k, cand_s = true_positions(candidate)
+    cand_k, cand_s = _true_positions(candidate)
     value = np.full(y.shape, np.nan)
     variance = np.full(y.shape, np.nan)
     opts = {"half_window": half_window, "model_error": model_error,
@@ -528,7 +527,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     # Where a voxel can pass sigma: the candidates, and (with a sigma below
     # candidate_sigma) any voxel; later, also voxels flagged by growing.
     if sigma < candidate_sigma:
-        cand_k, cand_s = np.nonzero(usable & (np.abs(rho) > sigma) | candidate)
+        cand_k, cand_s = _true_positions(usable & (np.abs(rho) > sigma) | candidate)
     # the first pass's verdicts on the bright candidates, for the later passes
     cand_linear = cand_k * m + cand_s
     first = rho[cand_k, cand_s]
@@ -551,7 +550,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         if last is None:
             ck, cs = fk, fs
         else:
-            ck, cs = true_positions(flags ^ last)
+            ck, cs = _true_positions(flags ^ last)
         last = flags
         ks, ss = near_flags(ck, cs, neighbours, int(half_window), candidate, flags,
                             np.zeros(y.shape, bool))
@@ -606,7 +605,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     for _ in range(_TAIL_ROUNDS):
         if tk.size == 0:
             break
-        guard = _with_adjacent_planes(flags)
+        guard = _with_adjacent_planes(flags, fk, fs)
         v, var = _predict(y, e, usable, neighbours, tk, ts,
                           exclude=(outlying, guard), drop_adjacent=True,
                           flagged=(flags, fk, fs), repaired_value=value, **common)
@@ -634,7 +633,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         nk, ns = tk[tail], ts[tail]
         flags[nk, ns] = True
         value[nk, ns], variance[nk, ns], rho[nk, ns] = v[tail], var[tail], z[tail]
-        fk, fs = true_positions(flags)
+        fk, fs = _true_positions(flags)
         # the next round refits only the unflagged tails the new flags reach (in
         # their spaxel or a neighbour, within the window and its guard): elsewhere
         # it would see the same data
@@ -653,7 +652,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     ks, ss = fk[on_bright], fs[on_bright]
     if ks.size:
         v, var = _predict(y, e, usable, neighbours, ks, ss,
-                          exclude=(outlying, _guard_short_runs(flags)),
+                          exclude=(outlying, _guard_short_runs(flags, fk, fs)),
                           flagged=(flags, fk, fs), repaired_value=value, **common)
         # (not where the guard leaves the fit far vaguer: it would extrapolate)
         with np.errstate(invalid="ignore"):
@@ -689,6 +688,11 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     return flags, RobustPrediction(value, variance, rho, scale)
 
 
+def _true_positions(mask):
+    """Planes and spaxels where the 2-D ``mask`` is True (``np.nonzero``'s order, faster)."""
+    return np.divmod(np.flatnonzero(mask), mask.shape[1])
+
+
 def _bound_replacements(y, e, usable, flags, fk, fs, value):
     """Clip, in place, the ``value`` of each flag ``(fk, fs)`` whose ``y`` lies between
     those of the planes either side (both usable and unflagged) to that range
@@ -705,24 +709,30 @@ def _bound_replacements(y, e, usable, flags, fk, fs, value):
     value[k, s] = np.clip(value[k, s], low - 3.0 * e[k, s], high + 3.0 * e[k, s])
 
 
-def _with_adjacent_planes(flags):
-    """``flags`` grown by one plane either way (the guard around flagged voxels)."""
+def _with_adjacent_planes(flags, fk, fs):
+    """``flags`` (at planes and spaxels ``fk, fs``) grown by one plane either way (the
+    guard around flagged voxels)."""
     guard = flags.copy()
-    guard[1:] |= flags[:-1]
-    guard[:-1] |= flags[1:]
+    n_planes = flags.shape[0]
+    up, down = fk < n_planes - 1, fk > 0
+    guard[fk[up] + 1, fs[up]] = True
+    guard[fk[down] - 1, fs[down]] = True
     return guard
 
 
-def _guard_short_runs(flags):
-    """``flags`` grown by one plane either way, except beyond a run of three or more
-    flagged planes (a residual spans at most three: such a run has no tails left)."""
-    top = np.zeros_like(flags)
-    top[2:] = flags[2:] & flags[1:-1] & flags[:-2]
-    bottom = np.zeros_like(flags)
-    bottom[:-2] = flags[:-2] & flags[1:-1] & flags[2:]
+def _guard_short_runs(flags, fk, fs):
+    """``flags`` (at planes and spaxels ``fk, fs``) grown by one plane either way,
+    except beyond a run of three or more flagged planes (a residual spans at most
+    three: such a run has no tails left)."""
     guard = flags.copy()
-    guard[1:] |= flags[:-1] & ~top[:-1]
-    guard[:-1] |= flags[1:] & ~bottom[1:]
+    n_planes = flags.shape[0]
+    for step in (1, -1):
+        nxt = fk + step
+        # the run ending at fk (seen from the side of nxt) spans three planes
+        run = ((fk - 2 * step >= 0) & (fk - 2 * step < n_planes))
+        run[run] = flags[fk[run] - step, fs[run]] & flags[fk[run] - 2 * step, fs[run]]
+        grow = (nxt >= 0) & (nxt < n_planes) & ~run
+        guard[nxt[grow], fs[grow]] = True
     return guard
 
 

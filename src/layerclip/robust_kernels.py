@@ -770,26 +770,6 @@ def near_flags(fk, fs, neighbours, half_window, select_a, select_b, mark):
 
 
 @njit(**_JIT)
-def true_positions(mask):
-    """Planes and spaxels where the 2-D ``mask`` is True (``np.nonzero``'s order)."""
-    n_planes, m = mask.shape
-    count = 0
-    for k in range(n_planes):
-        for s in range(m):
-            count += mask[k, s]
-    ks = np.empty(count, np.int64)
-    ss = np.empty(count, np.int64)
-    n = 0
-    for k in range(n_planes):
-        for s in range(m):
-            if mask[k, s]:
-                ks[n] = k
-                ss[n] = s
-                n += 1
-    return ks, ss
-
-
-@njit(**_JIT)
 def sum_fit_voxels(y, e, usable, unusable_before, exclude, repaired, repaired_value, neighbours,
                    ks, ss, half_window, value_out, variance_out):
     """Replacement values from a two-term fit on the summed neighbour spectrum.
