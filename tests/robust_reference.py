@@ -293,8 +293,8 @@ def _nanmedian_rows(a):
     return masked_median(a.T, np.isfinite(a.T))
 
 
-def predict_like_kernel(y, e, usable, neighbours, ks, ss, *, opts, nothing=None,
-                        unusable_before=None, exclude=(), flagged=None, repaired_value=None,
+def predict_like_kernel(y, e, usable, neighbours, ks, ss, *, opts, unusable_before=None,
+                        exclude=(), flagged=None, repaired_value=None,
                         own_repaired=False, drop_adjacent=False, screen, bright):
     """:func:`predict` called with the arguments of ``layerclip.robust._predict``."""
     repaired = None

@@ -225,10 +225,9 @@ def test_predictions_match_vectorised_reference(block, case, rng):
         kw.update(exclude=(outlying, flags), flagged=(flags, fk, fs), repaired_value=value,
                   own_repaired=case == "own spectrum repaired",
                   drop_adjacent=case == "flags on adjacent planes dropped")
-    unusable_before = np.empty((y.shape[0] + 1, y.shape[1]), np.int32)
+    unusable_before = np.empty((y.shape[0] + 1, y.shape[1]), np.int16)
     count_unusable(usable, unusable_before)
     got, got_var = robust._predict(y, e, usable, neighbours, ks, ss,
-                                   nothing=np.zeros(y.shape, bool),
                                    unusable_before=unusable_before, **kw)
     want, want_var = reference.predict_like_kernel(y, e, usable, neighbours, ks, ss, **kw)
     np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))

@@ -128,5 +128,5 @@ def test_auto_block_planes_bounds_memory():
     assert auto_block_planes((10, 5, 5)) == 10
     assert auto_block_planes((5, 10_000, 10_000), memory_mb=1) == 1
     # robust mode: more memory per voxel, and blocks no smaller than the halo
-    assert auto_block_planes((3681, 43, 43), method="robust", halo=30) == 665
+    assert auto_block_planes((3681, 43, 43), method="robust", halo=30) == 2208
     assert auto_block_planes((3681, 320, 320), method="robust", halo=30) == 30

@@ -220,16 +220,12 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
         return _clip_paper_median(sci, err, layer_map, excluded, sigma=sigma,
                                   maxiters=maxiters, block_planes=int(block_planes),
                                   threads=int(threads))
-    out_sci, out_err, flags = sci.copy(), err.copy(), np.zeros(sci.shape, dtype=bool)
-    # (planes, spaxels) views of the outputs, written in place block by block
-    flat_sci, flat_err, flat_flags = (a.reshape(nw, ny * nx) for a in (out_sci, out_err, flags))
     index, neighbours = neighbour_table(layer_map)
     labels = layer_map.ravel()[index]
     groups = [np.flatnonzero(labels == g) for g in np.unique(labels)]
     step = int(block_planes)
     halo = halo_planes(method, replace=replace, interp_gap=interp_gap, **robust_opts)
-    if method == "paper" and replace == "median":
-        halo = 0
+    outputs = None
     for start in range(0, nw, step):
         stop = min(start + step, nw)
         lo, hi = max(0, start - halo), min(nw, stop + halo)
@@ -246,10 +242,12 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
             # are kept for the others, and clip_block_paper works in place)
             f = clip_block_paper(y.copy(), e.copy(), bad, groups, sigma=sigma,
                                  maxiters=maxiters)
+            del bad
         else:
             y = y.astype(float)
             e = e.astype(float)
             usable = ~bad & np.isfinite(e) & (e > 0)
+            del bad
             f, pred = clip_block_robust(y, e, usable, neighbours, sky=labels == 0,
                                         sigma=sigma, **robust_opts)
         # write back the flagged voxels of the planes this block owns
@@ -258,6 +256,14 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
         new_y, new_e = _replacements(y, e, f, usable, pred, ks, ss, replace, groups,
                                      interp_gap)
         planes, cols = ks + lo, index[ss]
+        # the outputs are made once the first block is clipped and its working arrays
+        # are gone: a cube clipped in one block (each block of the out-of-core path)
+        # then never holds both at once
+        del y, e, f, pred, usable
+        if outputs is None:
+            outputs = sci.copy(), err.copy(), np.zeros(sci.shape, dtype=bool)
+            # (planes, spaxels) views of the outputs, written in place block by block
+            flat_sci, flat_err, flat_flags = (a.reshape(nw, ny * nx) for a in outputs)
         flat_flags[planes, cols] = True
         flat_sci[planes, cols] = new_y
         flat_err[planes, cols] = new_e
@@ -269,6 +275,7 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
         params.update(robust_opts)
     if replace == "interp":
         params["interp_gap"] = int(interp_gap)
+    out_sci, out_err, flags = outputs or (sci.copy(), err.copy(), np.zeros(sci.shape, bool))
     return ClipResult(sci=out_sci, err=out_err, flags=flags, layer_map=layer_map,
                       method=method, params=params)
 

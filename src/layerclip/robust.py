@@ -305,7 +305,7 @@ def _screen(y, e, usable, sky, neighbours, *, scale_window, bright_snr, sigma,
     if scale_window > 0:
         scale = ndimage.median_filter(scale, size=2 * int(scale_window) + 1, mode="nearest")
     scale = np.maximum(scale, 1.0)
-    screen = np.empty(y.shape)
+    screen = np.empty(y.shape, np.float32)
     outlying = np.empty(y.shape, bool)
     candidate = np.empty(y.shape, bool)
     screen_voxels(rho, scale * np.sqrt(1 + _MEDIAN4_VAR), usable, bright, neighbours,
@@ -313,7 +313,7 @@ def _screen(y, e, usable, sky, neighbours, *, scale_window, bright_snr, sigma,
     return screen, rho, scale, bright, outlying, candidate
 
 
-def _predict(y, e, usable, neighbours, ks, ss, *, opts, nothing, unusable_before, exclude=(),
+def _predict(y, e, usable, neighbours, ks, ss, *, opts, unusable_before, exclude=(),
              flagged=None, repaired_value=None, own_repaired=False, drop_adjacent=False,
              screen, bright):
     """Neighbour-basis predictions for the voxels ``(ks, ss)`` of a compact block.
@@ -327,12 +327,11 @@ def _predict(y, e, usable, neighbours, ks, ss, *, opts, nothing, unusable_before
         Planes and spaxels to predict.
     opts : dict
         ``half_window``, ``model_error`` and ``candidate_sigma``.
-    nothing : ndarray of bool
-        All False, of the block's shape (stands in for absent masks).
-    unusable_before : ndarray of int32
+    unusable_before : ndarray of int
         From :func:`layerclip.robust_kernels.count_unusable`.
     exclude : sequence of ndarray of bool
-        Voxels (at most two masks) a spaxel's own fit may not use.
+        Voxels (one or two masks) a spaxel's own fit may not use; none only with
+        ``own_repaired``.
     flagged : tuple, optional
         ``(flags, fk, fs)``: the flag mask and its planes and spaxels. Flagged
         voxels take ``repaired_value`` in a neighbour's spectrum (where finite;
@@ -359,9 +358,13 @@ def _predict(y, e, usable, neighbours, ks, ss, *, opts, nothing, unusable_before
     variance = np.empty(ks.size)
     if ks.size == 0:
         return value, variance
-    masks = list(exclude) + [nothing] * (2 - len(exclude))
+    if not exclude and not own_repaired:
+        raise ValueError("_predict: exclude masks are needed unless own_repaired")
+    # (the kernel takes two masks: a single one is given twice; with own_repaired
+    # none is read, nor is ``repaired`` when nothing is flagged)
+    masks = (list(exclude) * 2)[:2] if exclude else [usable, usable]
     if flagged is None:
-        repaired, repaired_value, any_repaired, any_broken = nothing, y, False, False
+        repaired, repaired_value, any_repaired, any_broken = masks[0], y, False, False
     else:
         repaired, fk, fs = flagged
         any_repaired = fk.size > 0
@@ -435,14 +438,14 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         y, e, usable, sky, neighbours, scale_window=scale_window, bright_snr=bright_snr,
         sigma=sigma, candidate_sigma=candidate_sigma)
     cand_k, cand_s = _true_positions(candidate)
-    value = np.full(y.shape, np.nan)
-    variance = np.full(y.shape, np.nan)
+    value = np.full(y.shape, np.nan, np.float32)
+    variance = np.full(y.shape, np.nan, np.float32)
     opts = {"half_window": half_window, "model_error": model_error,
             "candidate_sigma": candidate_sigma}
-    unusable_before = np.empty((n_planes + 1, m), np.int32)
+    unusable_before = np.empty((n_planes + 1, m), np.int16 if n_planes < 2**15 else np.int32)
     count_unusable(usable, unusable_before)
     common = {"opts": opts, "screen": screen, "bright": bright,
-              "nothing": np.zeros(y.shape, bool), "unusable_before": unusable_before}
+              "unusable_before": unusable_before}
 
     def fit(ks, ss, flagged, first_pass=False):
         if flagged is None:
@@ -640,7 +643,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         pending = np.zeros(y.shape, bool)
         pending[tk, ts] = ~flags[tk, ts]
         reached = np.zeros(y.shape, bool)
-        near_flags(nk, ns, neighbours, int(half_window) + 1, pending, common["nothing"],
+        near_flags(nk, ns, neighbours, int(half_window) + 1, pending, pending,
                    reached)
         left = reached[tk, ts]
         tk, ts, core_sign = tk[left], ts[left], core_sign[left]

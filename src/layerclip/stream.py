@@ -30,11 +30,11 @@ __all__ = ["StreamResult", "clip_stream", "stream_no_data", "stream_layer_map",
 log = logging.getLogger(__name__)
 
 
-# Working memory per voxel of a block while it is clipped (peak traced allocations
-# of clip_cube on a 2000 x 60 x 60 cube: about 40 bytes per clipped voxel in paper mode,
-# 114 in robust mode, whose screen and fits hold half a dozen float64 arrays; robust
-# keeps 200 as a margin).
-_BYTES_PER_VOXEL = {"paper": 40, "robust": 200}
+# Working memory per voxel of a block while it is clipped (benchmarks/bench_memory.py:
+# peak traced allocations of clip_cube on a 2000 x 60 x 60 cube, about 17 bytes per
+# voxel in paper mode and 50 in robust mode, whose screen and fits hold float64 flux,
+# ERR and residual and float32 screen, prediction and variance); with a margin:
+_BYTES_PER_VOXEL = {"paper": 40, "robust": 64}
 
 
 def auto_block_planes(shape, *, memory_mb=256, method="paper", halo=0):
@@ -134,6 +134,8 @@ def clip_stream(source, layer_map, *, writer=None, method=None, block_planes=Non
         result_params, used_map = result.params, result.layer_map
         log.debug("%s: planes %d-%d, %d replaced", source.name, block.start + own.start,
                   block.start + own.stop - 1, int(flags.sum()))
+        # (the block and its result are let go before the next block is read)
+        del block, result, flags
     return StreamResult(shape=source.shape, layer_map=used_map, method=method,
                         params=result_params or {}, per_spaxel=per_spaxel)
 

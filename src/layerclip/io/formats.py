@@ -795,8 +795,7 @@ class CubeSource:
         for start in range(0, nw, step):
             stop = min(start + step, nw)
             lo, hi = max(start - halo, 0), min(stop + halo, nw)
-            block = self.read(lo, hi)
-            yield block, slice(start - lo, start - lo + (stop - start))
+            yield self.read(lo, hi), slice(start - lo, start - lo + (stop - start))
 
     def to_cube(self):
         """Read the whole cube into a :class:`~layerclip.io.cube.Cube`."""
