@@ -257,7 +257,8 @@ def neighbour_table(layer_map):
 class RobustPrediction:
     """Prediction, its variance and the normalised residual (compact layout).
 
-    ``value`` and ``variance`` are NaN where no prediction was fitted (voxels the
+    ``value`` and ``variance`` (float32, the data's precision: they are held for
+    every voxel of a block) are NaN where no prediction was fitted (voxels the
     screen settled); ``rho`` is the normalised residual used for every decision;
     ``scale`` the per-plane robust scale.
     """
