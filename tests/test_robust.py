@@ -286,21 +286,24 @@ def test_replacements_on_a_faint_line_are_not_biased_low():
 
     A fit on noisy neighbour spectra dilutes the line it predicts: the five-term
     prediction alone comes out about 1.5 ERR low here on average, a plain two-term
-    fit on the neighbour sum 0.7 ERR low.
+    fit on the neighbour sum 0.7 ERR low, and one whose slope was corrected only
+    where the sum's reliability exceeds one half 0.37 ERR low (against the
+    noise-free line, over these 16 cubes). Filling in what dilution took with the
+    prior that a spaxel follows the mean of its neighbours centres them.
     """
     errors = []
-    for seed in range(8):
+    for seed in range(16):
         cube = make_cube("faint", seed=seed, n_artifacts=5, on_line_fraction=1.0,
                          negative_fraction=0.0, separate=True, amp_range=(10.0, 300.0),
                          **SMALL)
         lm = np.where(cube.footprint, 0, -1).astype(np.int16)
         result = clip_cube(cube.sci, cube.err, lm)
         on_line = (cube.model > cube.err) & cube.artifact_mask & result.flags
-        errors.append(((result.sci - cube.clean) / cube.err)[on_line])
+        errors.append(((result.sci - cube.model) / cube.err)[on_line])
     errors = np.concatenate(errors)
-    assert errors.size > 50
-    assert errors.mean() > -0.6
-    assert np.median(errors) > -0.7
+    assert errors.size > 100
+    assert abs(errors.mean()) < 0.2
+    assert np.sqrt((errors ** 2).mean()) < 1.1
 
 
 def test_noise_rising_to_the_field_edge():

@@ -110,7 +110,8 @@ def _row_of_spaxels(m):
 
 def test_sum_fit_matches_plain_least_squares(rng):
     """The two-term fit on the summed neighbour spectrum against np.linalg.lstsq, with
-    the slope corrected for the dilution by the sum's noise."""
+    the slope's dilution by the sum's noise filled in by the prior 1/n (Kelley's
+    reliability-weighted estimate)."""
     n_planes, m, h = 40, 9, 7
     # spaxel 4 has eight neighbours: 0-3 and 5-8 (slots in order)
     neighbours = np.full((8, m), -1, np.int64)
@@ -142,8 +143,10 @@ def test_sum_fit_matches_plain_least_squares(rng):
         resid = (y[j[keep], 4] - basis @ coef) * sw
         if np.abs(resid).max() > 4.0:
             continue  # the kernel's robust step would drop a point
-        # the slope divided by the reliability of the summed spectrum: its weighted
-        # variance over the window less its noise variance, over its variance
+        # the reliability of the summed spectrum: its weighted variance over the
+        # window less its noise variance, over its variance; the diluted slope is
+        # reliability x the true one, and what dilution took is filled in by the
+        # prior that the spaxel follows the mean of its 8 neighbours
         w = sw ** 2
         s_j = total[j[keep]]
         mean = np.average(s_j, weights=w)
@@ -151,7 +154,7 @@ def test_sum_fit_matches_plain_least_squares(rng):
         noise = (w * noise_of_total[j[keep]] * (1 - w / w.sum())).sum()
         reliability = (spread - noise) / spread
         assert 0.5 < reliability < 1.0
-        slope = coef[1] / reliability
+        slope = coef[1] + (1.0 - reliability) / 8
         intercept = np.average(y[j[keep], 4] - slope * s_j, weights=w)
         assert value[i] == pytest.approx(intercept + slope * total[k], rel=1e-9)
         assert variance[i] > slope ** 2 * noise_of_total[k]

@@ -131,10 +131,11 @@ five noisy spectra, and its slopes, hence a faint line's predicted peak, are
 diluted towards zero (on the faint synthetic target the replaced voxels came out
 1-1.5 ERR low on average); there a two-term fit ``b + a S`` on the summed
 neighbour spectrum ``S``, which has the least noise for its signal, gives the value,
-its slope corrected for the dilution that ``S``'s known noise still causes
-(:func:`layerclip.robust_kernels.sum_fit_voxels`). Last, a flagged voxel whose value
-lies between those of the (unflagged) planes either side is neither a spike nor a
-dip; its value is kept within that range widened by 3 ERR, which a fit
+the dilution that ``S``'s known noise still causes filled in by the prior that
+the spaxel follows the mean of its neighbours, weighted by how little of ``S``'s
+spread is signal (:func:`layerclip.robust_kernels.sum_fit_voxels`). Last, a
+flagged voxel whose value lies between those of the (unflagged) planes either
+side is neither a spike nor a dip; its value is kept within that range widened by 3 ERR, which a fit
 extrapolating a narrow line's shape can leave by a hundred ERR.
 
 The layer map still decides what is clipped (``-1`` spaxels are never touched nor

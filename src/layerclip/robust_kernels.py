@@ -26,8 +26,6 @@ _NEAR_PLANES = 2
 _QUIET = 3.0
 # A miss of the planes next to a bright voxel beyond this (in ERR) marks a residual's tail.
 _TAIL_SIGMA = 5.0
-# Least reliability of the summed neighbour spectrum for its slope to be corrected.
-_MIN_RELIABILITY = 0.5
 # A bright spectrum the screen's baseline follows this many planes either side is smooth.
 _SMOOTH_PLANES = 3
 
@@ -780,12 +778,17 @@ def sum_fit_voxels(y, e, usable, unusable_before, exclude, repaired, repaired_va
     missed beyond 4 ERR and four times the typical miss is dropped once. On a faint
     spectrum the five-term fit of :func:`predict_voxels` regresses on five noisy
     spectra, and its slopes, hence its predicted line peaks, come out diluted towards
-    zero; one summed spectrum has the least noise relative to its signal, and what
-    dilution is left is undone: the slope is divided by the reliability of ``S``
-    (its weighted spread over the window less the part its ERR explains, over its
-    spread; the method-of-moments correction for a regressor with known noise)
-    where that exceeds ``_MIN_RELIABILITY``. Below it the correction would amplify
-    noise, and the plain fit is kept.
+    zero; one summed spectrum has the least noise relative to its signal. What
+    dilution is left is filled in: the fitted slope is ``rel`` times the true one,
+    ``rel`` the reliability of ``S`` (its weighted spread over the window less the
+    part its ERR explains, over its spread, clipped to 0..1), and ``(1 - rel) / n``
+    is added to it, ``n`` the number of neighbours summed. That is Kelley's
+    reliability-weighted estimate with the prior that a spaxel follows the mean of
+    its neighbours: where ``S`` holds a clear signal the fitted slope stands, where
+    it is noise the prior does, and in between each has the weight it has earned.
+    (Dividing by ``rel`` instead, the method-of-moments correction, amplifies noise
+    where ``rel`` is small, and leaving the slope as fitted there kept faint
+    replacements 0.3-0.5 ERR low.)
 
     Parameters
     ----------
@@ -884,17 +887,16 @@ def sum_fit_voxels(y, e, usable, unusable_before, exclude, repaired, repaired_va
             continue
         at = total[centre]
         # the slope of a regression on a noisy S is diluted by the reliability
-        # (S's spread beyond its noise over its spread): undone where S's noise
-        # (ERR of the summed neighbours) is under half its spread over the window
+        # (S's spread beyond its noise over its spread); what it took is filled in
+        # by the prior slope 1/n (the spaxel follows the mean of its neighbours)
         spread = a11 - a01 * a01 / a00
         noise_spread = 0.0
         for j in range(length):
             if weight[j] > 0.0:
                 noise_spread += weight[j] * noise[j] * (1.0 - weight[j] / a00)
         reliability = (spread - noise_spread) / spread
-        if reliability > _MIN_RELIABILITY:
-            a /= reliability
-            b = (r0 - a * a01) / a00
+        a += (1.0 - min(max(reliability, 0.0), 1.0)) / n_use
+        b = (r0 - a * a01) / a00
         leverage = (a11 - 2.0 * a01 * at + a00 * at * at) / det
         value_out[i] = b + a * at
         variance_out[i] = leverage * max(chi2 / (n_fit - 2), 1.0) + a * a * noise_at_k
