@@ -144,6 +144,23 @@ def test_flagged_neighbour_with_a_poor_repair_does_not_spoil_the_refits():
     assert not on_signal[k - 2:k + 3].any()
 
 
+
+def test_echo_of_a_neighbours_residual_is_not_flagged():
+    # On the seed-3 compact core a -25-sigma residual at S/N 348, over three
+    # spaxels, sits in the basis of the spaxel above it; that spaxel's fit
+    # follows the dip and its real line (S/N 410, no artifact) stood out by 9.5
+    # sigma the other way, was flagged and replaced 27 ERR low. A flag next to a
+    # flag of the opposite sign is refitted without the flags and cleared.
+    cube = benchmark_cube("compact", seed=3, peak_snr=4500.0)
+    art = next(a for a in cube.artifacts if a.on_line and -30 < a.peak_sigma < -20)
+    k, y, x = _peak_voxel(art)
+    echo = (k, y - 1, x)
+    assert not cube.artifact_mask[echo]
+    assert cube.model[echo] > 300 * cube.err[echo]
+    result = clip_target(cube)
+    assert not result.flags[echo]
+    assert not flags_on_signal(result, cube).any()
+
 def test_tail_of_a_residual_over_several_spaxels_is_caught():
     # A 2518-sigma residual over three spaxels and two planes of a narrow line
     # (S/N 100 at its peak plane, 8-16 on the next). On the second plane the

@@ -204,6 +204,10 @@ _TAIL_CORE = 2.0
 # Rounds of the tail check (the second sees the tails the first flagged in the
 # neighbours, no longer in their bases).
 _TAIL_ROUNDS = 2
+# A refit this many times vaguer (in variance) than the fit it replaces cannot clear
+# an echo flag (on the unseen seed-5 compact core, a 34-sigma hit's refit was
+# uncertain by 159 ERR).
+_ECHO_VAGUER = 10.0
 
 
 def robust_halo(*, half_window=DEFAULTS["half_window"], scale_window=DEFAULTS["scale_window"],
@@ -649,6 +653,15 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
                    reached)
         left = reached[tk, ts]
         tk, ts, core_sign = tk[left], ts[left], core_sign[left]
+    # A flag next to a flag of the opposite sign on the same plane may be an echo:
+    # a residual in a neighbour that its fit held in the basis pulls the
+    # prediction its way, and the voxel stands out the other way. Such a voxel,
+    # flagged on its own verdict, is refitted with the flags left out of its
+    # basis and window, and cleared where the refit finds nothing, unless the
+    # refit is far vaguer than the fit it replaces (it could not confirm a hit).
+    if fk.size:
+        _clear_echoes(fk, fs, flags, rho, variance, neighbours, sigma, fit)
+        fk, fs = _true_positions(flags)
     # Replacement values: a flagged voxel on a bright spectrum is predicted once
     # more without the planes next to flags (unflagged tails of the same residual
     # would pull the prediction; a run of three flags has none left), where that
@@ -691,6 +704,25 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     # given a value beyond them by more than 3 ERR: there the fit extrapolates
     _bound_replacements(y, e, usable, flags, fk, fs, value)
     return flags, RobustPrediction(value, variance, rho, scale)
+
+
+def _clear_echoes(fk, fs, flags, rho, variance, neighbours, sigma, fit):
+    """Clear flags, beyond ``sigma`` on their own, that sit next to a flag of the
+    opposite sign on the same plane and that a refit without the flags no longer
+    finds (``fit`` updates ``rho`` and ``variance`` in place), unless the refit is
+    over ``_ECHO_VAGUER`` times vaguer than the fit it replaces."""
+    nbs = neighbours[:, fs]
+    at = fk[None], np.maximum(nbs, 0)
+    opposite = ((nbs >= 0) & flags[at] & (np.sign(rho[at]) != np.sign(rho[fk, fs]))
+                ).any(axis=0) & (np.abs(rho[fk, fs]) > sigma)
+    if not opposite.any():
+        return
+    ek, es = fk[opposite], fs[opposite]
+    before = variance[ek, es].copy()
+    fit(ek, es, (flags, fk, fs))
+    with np.errstate(invalid="ignore"):
+        clear = ~(np.abs(rho[ek, es]) > sigma) & ~(variance[ek, es] > _ECHO_VAGUER * before)
+    flags[ek[clear], es[clear]] = False
 
 
 def _true_positions(mask):
