@@ -122,6 +122,13 @@ first round's new flags reach: their fits may have had those neighbours' tails i
 their basis. (The tail's own spectrum may look faint to the screen: the residual's
 other planes pull its baseline.)
 
+**Echo flags.** A residual in a neighbour that a fit held in its basis pulls the
+prediction its way, and the voxel then stands out the other way. A flag beyond
+``sigma`` next to a flag of the opposite sign on the same plane is refitted with
+the flags left out of its window and basis, and cleared where the refit no longer
+finds it, unless the refit is over ``_ECHO_VAGUER`` times vaguer (it could not
+confirm a hit either).
+
 **Replacement values.** A flagged voxel takes its prediction. On a bright spectrum
 it is predicted once more without the planes next to flags (unflagged tails of the
 same residual would pull it; not beyond a run of three flagged planes, which has
