@@ -667,7 +667,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     # basis and window, and cleared where the refit finds nothing, unless the
     # refit is far vaguer than the fit it replaces (it could not confirm a hit).
     if fk.size:
-        _clear_echoes(fk, fs, flags, rho, variance, neighbours, sigma, fit)
+        _clear_echoes(fk, fs, flags, rho, value, variance, neighbours, sigma, fit)
         fk, fs = _true_positions(flags)
     # Replacement values: a flagged voxel on a bright spectrum is predicted once
     # more without the planes next to flags (unflagged tails of the same residual
@@ -713,11 +713,12 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     return flags, RobustPrediction(value, variance, rho, scale)
 
 
-def _clear_echoes(fk, fs, flags, rho, variance, neighbours, sigma, fit):
+def _clear_echoes(fk, fs, flags, rho, value, variance, neighbours, sigma, fit):
     """Clear flags, beyond ``sigma`` on their own, that sit next to a flag of the
     opposite sign on the same plane and that a refit without the flags no longer
-    finds (``fit`` updates ``rho`` and ``variance`` in place), unless the refit is
-    over ``_ECHO_VAGUER`` times vaguer than the fit it replaces."""
+    finds (``fit`` updates ``rho``, ``value`` and ``variance`` in place), unless the
+    refit is over ``_ECHO_VAGUER`` times vaguer than the fit it replaces. The flags
+    kept keep their verdict, prediction and variance."""
     nbs = neighbours[:, fs]
     at = fk[None], np.maximum(nbs, 0)
     opposite = ((nbs >= 0) & flags[at] & (np.sign(rho[at]) != np.sign(rho[fk, fs]))
@@ -725,11 +726,13 @@ def _clear_echoes(fk, fs, flags, rho, variance, neighbours, sigma, fit):
     if not opposite.any():
         return
     ek, es = fk[opposite], fs[opposite]
-    before = variance[ek, es].copy()
+    before = rho[ek, es].copy(), value[ek, es].copy(), variance[ek, es].copy()
     fit(ek, es, (flags, fk, fs))
     with np.errstate(invalid="ignore"):
-        clear = ~(np.abs(rho[ek, es]) > sigma) & ~(variance[ek, es] > _ECHO_VAGUER * before)
+        clear = ~(np.abs(rho[ek, es]) > sigma) & ~(variance[ek, es] > _ECHO_VAGUER * before[2])
     flags[ek[clear], es[clear]] = False
+    kk, ks = ek[~clear], es[~clear]
+    rho[kk, ks], value[kk, ks], variance[kk, ks] = (old[~clear] for old in before)
 
 
 def _true_positions(mask):
