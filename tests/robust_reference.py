@@ -8,7 +8,16 @@ as an independent implementation the compiled kernel is checked against.
 import numpy as np
 
 from layerclip.robust import masked_median
-from layerclip.robust_kernels import _MIN_FIT_POINTS, _NEAR_PLANES, _QUIET, _TAIL_SIGMA
+from layerclip.robust_kernels import (
+    _CHECK_SIGMA,
+    _DISSENT_SIGMA,
+    _MIN_FIT_POINTS,
+    _NEAR_PLANES,
+    _QUIET,
+    _SIDING,
+    _TAIL_SIGMA,
+    _VAGUE,
+)
 
 # Basis weights of the eight neighbours (NW N NE W E SW S SE): edge, diag, E - W, N - S.
 _BASIS = np.zeros((4, 8))
@@ -142,6 +151,7 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
     # neighbours hit by the same residual cannot drag it, whereas they can drag a
     # joint fit made of noise.
     weight[rows, centre_at] = 0.0
+    given = weight.copy()
     value, variance, adjacent = _fit_window(basis, w_val, weight.copy(), rows, centre_at,
                                             rank, e2, model_error)
     for step in (-1, 1):
@@ -158,9 +168,23 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
         wider &= ~bright[ks, ss] | (adjacent > _TAIL_SIGMA) | tainted
     value[wider] = value3[wider]
     variance[wider] = variance3[wider]
-    value_nb, variance_nb = _median_of_neighbours(w_val, weight, n_val, use, centre_at)
     level = np.abs(n_val[rows, centre_at]) / e[ks[:, None], nbc]
     quiet = ~(_nanmedian_rows(np.where(use, level, np.nan)) > _QUIET)
+    first_pass = flagged is None or not flagged.any()
+    with np.errstate(invalid="ignore"):
+        vague = ~quiet & first_pass & (use.sum(axis=1) > 3) & (variance > _VAGUE * e2)
+    if vague.any():
+        # (4) a vague first prediction: the fits again without the neighbours whose
+        # single-neighbour fits side with the voxel
+        at = np.flatnonzero(vague)
+        value4, variance4 = _without_siding_neighbours(
+            w_val[at], given[at], n_val[at], use[at], centre_at[at], rank[at], e2[at],
+            y[ks[at], ss[at]], model_error)
+        with np.errstate(invalid="ignore"):
+            better = variance4 < variance[at]
+        value[at[better]] = value4[better]
+        variance[at[better]] = variance4[better]
+    value_nb, variance_nb = _median_of_neighbours(w_val, weight, n_val, use, centre_at)
     with np.errstate(invalid="ignore"):
         # the joint fit is replaced where it disagrees with the median beyond
         # their uncertainties (a neighbour spoiled it), or is the less precise
@@ -171,7 +195,55 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
     return value, variance
 
 
-def _fit_window(basis, w_val, weight, rows, centre_at, rank, e2, model_error):
+def _without_siding_neighbours(w_val, given, n_val, use, centre_at, rank, e2, x, model_error):
+    """Step (4) of :func:`predict` for the rows given (NaN where it does not apply)."""
+    rows = np.arange(w_val.shape[0])
+    length = w_val.shape[1]
+    sides = [np.clip(centre_at + step, 0, length - 1) for step in (-1, 1)]
+    without_sides = given.copy()
+    for j in sides:
+        without_sides[rows, j] = 0.0
+    median, median_var, cand, lev, keep = _median_of_neighbours(
+        w_val, without_sides, n_val, use, centre_at, parts=True)
+    step = x - median
+    with np.errstate(invalid="ignore"):
+        go = np.abs(step) > _DISSENT_SIGMA * np.sqrt(e2 + median_var)
+        bound = _SIDING * np.sqrt(_nanmedian_rows(np.where(keep, lev, np.nan)))
+        side = keep & ((cand - median[:, None]) * np.sign(step)[:, None] > bound[:, None])
+    n_side = side.sum(axis=1)
+    go &= (n_side > 0) & (2 * n_side < use.sum(axis=1))
+    n_val = np.where(side[:, None, :], 0.0, n_val)
+    basis = np.empty(n_val.shape[:2] + (5,))
+    basis[..., 0] = 1.0
+    basis[..., 1:] = n_val @ _BASIS.T
+    value, variance, adjacent = _fit_window(basis, w_val, given.copy(), rows, centre_at, rank,
+                                            e2, model_error)
+    value3, variance3, _, coef, inv = _fit_window(basis, w_val, without_sides.copy(), rows,
+                                                  centre_at, rank, e2, model_error, parts=True)
+    # the fit without the planes next to the voxel must predict one of them
+    predicts_a_side = np.zeros(rows.size, bool)
+    for step_j in (-1, 1):
+        j = centre_at + step_j
+        inside = (j >= 0) & (j < length)
+        jc = np.clip(j, 0, length - 1)
+        b = basis[rows, jc]
+        model = (b * coef).sum(axis=1)
+        lev_j = (np.matmul(inv, b[..., None])[..., 0] * b).sum(axis=1)
+        g = given[rows, jc]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            predicts_a_side |= inside & (g > 0) & (
+                np.abs(w_val[rows, jc] - model) < _CHECK_SIGMA * np.sqrt(1.0 / g + lev_j))
+    with np.errstate(invalid="ignore"):
+        wider = (variance3 < variance) & (adjacent > _TAIL_SIGMA) & predicts_a_side
+    value[wider] = value3[wider]
+    variance[wider] = variance3[wider]
+    rest, rest_var = _median_of_neighbours(w_val, without_sides, n_val, use & ~side, centre_at)
+    with np.errstate(invalid="ignore"):
+        go &= np.abs(value - rest) < _CHECK_SIGMA * np.sqrt(variance + rest_var)
+    return np.where(go, value, np.nan), np.where(go, variance, np.nan)
+
+
+def _fit_window(basis, w_val, weight, rows, centre_at, rank, e2, model_error, parts=False):
     """Weighted least-squares fit of each window, evaluated at its centre.
 
     One robust step drops the point the first fit misses worst when it lies
@@ -226,10 +298,12 @@ def _fit_window(basis, w_val, weight, rows, centre_at, rank, e2, model_error):
     length = basis.shape[1]
     adjacent = np.maximum(miss[rows, np.clip(centre_at - 1, 0, length - 1)],
                           miss[rows, np.clip(centre_at + 1, 0, length - 1)])
+    if parts:
+        return value, variance, np.sqrt(adjacent), coef, inv
     return value, variance, np.sqrt(adjacent)
 
 
-def _median_of_neighbours(w_val, weight, n_val, use, centre_at):
+def _median_of_neighbours(w_val, weight, n_val, use, centre_at, parts=False):
     """Median over neighbours of the fits ``b + a * n + c * n'`` evaluated at the centre.
 
     ``weight`` already leaves out the centre and the planes next to it. Returns the
@@ -268,6 +342,8 @@ def _median_of_neighbours(w_val, weight, n_val, use, centre_at):
     few = count < 3
     med[few] = np.nan
     var[few] = np.nan
+    if parts:
+        return med, var, cand, lev, use
     return med, var
 
 

@@ -64,7 +64,17 @@ wider interval. Three safeguards keep one residual from faking the prediction:
   median over neighbours of single-neighbour fits ``b + a n + c n'`` (without the
   planes next to ``k``, leaving out neighbours that extrapolate) replaces the joint
   fit when the two disagree beyond their uncertainties or the median is the more
-  precise: a joint fit on noise follows any residual its neighbours share.
+  precise: a joint fit on noise follows any residual its neighbours share;
+* where a first prediction is vague (variance above 4 ERR^2), its neighbours' own
+  single-neighbour fits are compared: a residual spread over the voxel and two or
+  three neighbours puts itself into the basis (and, through its other plane, into
+  the window's misfits, hence the vagueness), and the hit neighbours' fits stand
+  apart from the median towards the voxel's value. Where the voxel is beyond 3
+  sigma of that median and such neighbours are a minority, the fits are made again
+  without them (the one without the planes next to ``k`` only where it predicts one
+  of those planes: a basis that cannot follow a sharp core misses both), and the
+  result is taken where it is the more precise and agrees with the median of the
+  other neighbours' single fits.
 
 The normalised residual is ``z = (x - p) / sqrt(ERR^2 + var(p)) / scale``, and a
 voxel is flagged when ``|z| > sigma``; where no fit was made the screen's ``r``

@@ -1,12 +1,13 @@
 """Compiled per-voxel fits of robust mode (numba).
 
-:func:`predict_voxels` makes, for each voxel it is given, the three predictions that
+:func:`predict_voxels` makes, for each voxel it is given, the predictions that
 :mod:`layerclip.robust` describes (the joint neighbour-basis fit with the voxel left
-out, the same without the planes next to it, and the median of single-neighbour
-fits) and keeps the one the rules there choose. A few thousand small least-squares
-problems per cube are what a loop does well and array code does badly (most of the
-array code's time goes to building and indexing temporaries), so this part is
-compiled; everything else in robust mode stays array code.
+out, the same without the planes next to it, the median of single-neighbour fits,
+and for a vague first prediction the joint fits without the neighbours whose single
+fits side with the voxel) and keeps the one the rules there choose. A few thousand
+small least-squares problems per cube are what a loop does well and array code does
+badly (most of the array code's time goes to building and indexing temporaries), so
+this part is compiled; everything else in robust mode stays array code.
 
 The functions take plain arrays only, release the GIL and are cached on disk after
 their first compilation. ``tests/robust_reference.py`` keeps an independent
@@ -26,6 +27,18 @@ _NEAR_PLANES = 2
 _QUIET = 3.0
 # A miss of the planes next to a bright voxel beyond this (in ERR) marks a residual's tail.
 _TAIL_SIGMA = 5.0
+# A prediction whose variance exceeds this many ERR^2 is vague: its basis may hold a
+# residual that spans the voxel and some of its neighbours (first predictions only).
+_VAGUE = 4.0
+# The median of single-neighbour fits must sit this far (in its and the voxel's noise)
+# from the voxel before neighbours that side with the voxel are left out.
+_DISSENT_SIGMA = 3.0
+# A neighbour sides with the voxel when its single fit lies beyond this many times its
+# typical propagated noise from that median, on the voxel's side.
+_SIDING = 3.0
+# Agreement required (in combined standard deviations) of the fit without those
+# neighbours with the planes it left out and with the median of the rest.
+_CHECK_SIGMA = 3.0
 # A bright spectrum the screen's baseline follows this many planes either side is smooth.
 _SMOOTH_PLANES = 3
 
@@ -224,6 +237,97 @@ def _fit_window(basis, wv, weight, length, centre, rank, e2, model_error, chol, 
 
 
 @njit(**_JIT)
+def _predicts_a_side(basis, wv, given, length, centre, chol, coef, tmp):
+    """Whether the last fit (made without the planes next to the centre) predicts one of them.
+
+    ``chol`` and ``coef`` are that fit's; ``given`` the weights before any plane
+    was left out. A residual spanning two planes spoils one side at most, whereas a
+    basis that cannot follow a sharp line core misses both.
+    """
+    for j in (centre - 1, centre + 1):
+        if j < 0 or j >= length or not given[j] > 0.0:
+            continue
+        model = 0.0
+        for a in range(_N_BASIS):
+            model += basis[j, a] * coef[a]
+        lev = _forward_norm2(chol, basis, j, _N_BASIS, tmp)
+        if abs(wv[j] - model) < _CHECK_SIGMA * np.sqrt(1.0 / given[j] + lev):
+            return True
+    return False
+
+
+@njit(**_JIT)
+def _without_siding_neighbours(x, wv, given, weight, n_val, deriv, use, n_use, basis, length,
+                               centre, rank, e2, model_error, side, kept, cand, lev, keep,
+                               deviation, buf, chol, inv, coef, resid, scratch):
+    """The joint fit without the neighbours whose single fits side with the voxel.
+
+    A residual spread over the voxel and two or three of its neighbours puts itself
+    into the basis of the voxel's fit (and, through its other planes, into the
+    window's misfits, which make the prediction vague). Each neighbour's own fit
+    ``b + a n + c n'`` (:func:`_median_of_neighbours`) carries the residual only if
+    that neighbour is hit, so the hit ones stand apart from the median, towards the
+    voxel's value ``x``. When the median sits beyond ``_DISSENT_SIGMA`` from ``x``
+    and such neighbours are a minority, the fits are made again without them (the
+    one without the planes next to the centre only where the first misses one of
+    them and it predicts the other). The result is returned only if it agrees with
+    the median of the remaining neighbours' single fits; otherwise NaN.
+    ``n_val`` and ``basis`` are overwritten.
+    """
+    for j in range(length):
+        for q in range(8):
+            deriv[j, q] = _gradient(n_val, j, q, length)
+        weight[j] = given[j]
+    weight[max(centre - 1, 0)] = 0.0
+    weight[min(centre + 1, length - 1)] = 0.0
+    median, median_var = _median_of_neighbours(wv, weight, n_val, deriv, use, length, centre,
+                                               cand, lev, keep, deviation, buf)
+    step = x - median
+    if not abs(step) > _DISSENT_SIGMA * np.sqrt(e2 + median_var):
+        return np.nan, np.nan
+    bound = _SIDING * np.sqrt(_finite_median(lev, keep, buf))
+    n_side = 0
+    for q in range(8):
+        side[q] = keep[q] and (cand[q] - median) * np.sign(step) > bound
+        n_side += side[q]
+    if n_side == 0 or 2 * n_side >= n_use:
+        return np.nan, np.nan
+    for j in range(length):
+        for q in range(8):
+            if side[q]:
+                n_val[j, q] = 0.0
+        basis[j, 1] = n_val[j, 1] + n_val[j, 3] + n_val[j, 4] + n_val[j, 6]
+        basis[j, 2] = n_val[j, 0] + n_val[j, 2] + n_val[j, 5] + n_val[j, 7]
+        basis[j, 3] = n_val[j, 4] - n_val[j, 3]
+        basis[j, 4] = n_val[j, 6] - n_val[j, 1]
+    for j in range(length):
+        weight[j] = given[j]
+    value, variance, adjacent = _fit_window(basis, wv, weight, length, centre, rank, e2,
+                                            model_error, chol, inv, coef, resid, scratch)
+    for j in range(length):
+        weight[j] = given[j]
+    weight[max(centre - 1, 0)] = 0.0
+    weight[min(centre + 1, length - 1)] = 0.0
+    value3, variance3, _ = _fit_window(basis, wv, weight, length, centre, rank, e2,
+                                       model_error, chol, inv, coef, resid, scratch)
+    if (variance3 < variance and adjacent > _TAIL_SIGMA
+            and _predicts_a_side(basis, wv, given, length, centre, chol, coef, scratch[:_N_BASIS])):
+        value = value3
+        variance = variance3
+    for j in range(length):
+        weight[j] = given[j]
+    weight[max(centre - 1, 0)] = 0.0
+    weight[min(centre + 1, length - 1)] = 0.0
+    for q in range(8):
+        kept[q] = use[q] and not side[q]
+    rest, rest_var = _median_of_neighbours(wv, weight, n_val, deriv, kept, length, centre,
+                                           cand, lev, keep, deviation, buf)
+    if not abs(value - rest) < _CHECK_SIGMA * np.sqrt(variance + rest_var):
+        return np.nan, np.nan
+    return value, variance
+
+
+@njit(**_JIT)
 def _median_of_neighbours(wv, weight, n_val, deriv, use, length, centre, cand, lev, keep,
                           deviation, buf):
     """Median over neighbours of the fits ``b + a n + c n'`` at the centre, and its variance.
@@ -365,6 +469,7 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
     wv = np.empty(length)
     weight = np.empty(length)
     weight3 = np.empty(length)
+    given = np.empty(length)
     n_val = np.empty((length, 8))
     deriv = np.empty((length, 8))
     basis = np.empty((length, _N_BASIS))
@@ -373,6 +478,8 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
     cand = np.empty(8)
     lev = np.empty(8)
     keep = np.empty(8, np.bool_)
+    side = np.empty(8, np.bool_)
+    kept = np.empty(8, np.bool_)
     deviation = np.empty(8)
     buf = np.empty(max(length, 8))
     chol = np.empty((_N_BASIS, _N_BASIS))
@@ -475,6 +582,7 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
         e2 = e[k, s] * e[k, s]
         weight[centre] = 0.0
         for j in range(length):
+            given[j] = weight[j]
             weight3[j] = weight[j]
         weight3[max(centre - 1, 0)] = 0.0
         weight3[min(centre + 1, length - 1)] = 0.0
@@ -503,6 +611,16 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
             if variance3 < variance and (not on_bright or adjacent > _TAIL_SIGMA or tainted):
                 value = value3
                 variance = variance3
+        if not quiet and not any_repaired and n_use > 3 and variance > _VAGUE * e2:
+            # (4) a vague first prediction: the same fits without the neighbours
+            # that side with the voxel, taken where it is the more precise
+            value4, variance4 = _without_siding_neighbours(
+                y[k, s], wv, given, weight3, n_val, deriv, use, n_use, basis, length, centre,
+                rank, e2, model_error, side, kept, cand, lev, keep, deviation, buf, chol, inv,
+                coef, resid, scratch)
+            if variance4 < variance:
+                value = value4
+                variance = variance4
         if quiet:
             for j in range(length):
                 for q in range(8):
