@@ -237,6 +237,25 @@ def _fit_window(basis, wv, weight, length, centre, rank, e2, model_error, chol, 
 
 
 @njit(**_JIT)
+def _basis_row(n_val, basis, j):
+    """Row ``j`` of the basis from the neighbours' values: edge, diag, E - W, N - S."""
+    basis[j, 0] = 1.0
+    basis[j, 1] = n_val[j, 1] + n_val[j, 3] + n_val[j, 4] + n_val[j, 6]
+    basis[j, 2] = n_val[j, 0] + n_val[j, 2] + n_val[j, 5] + n_val[j, 7]
+    basis[j, 3] = n_val[j, 4] - n_val[j, 3]
+    basis[j, 4] = n_val[j, 6] - n_val[j, 1]
+
+
+@njit(**_JIT)
+def _without_sides(given, weight, length, centre):
+    """``weight``: ``given`` with the planes next to the centre left out."""
+    for j in range(length):
+        weight[j] = given[j]
+    weight[max(centre - 1, 0)] = 0.0
+    weight[min(centre + 1, length - 1)] = 0.0
+
+
+@njit(**_JIT)
 def _predicts_a_side(basis, wv, given, length, centre, chol, coef, tmp):
     """Whether the last fit (made without the planes next to the centre) predicts one of them.
 
@@ -277,9 +296,7 @@ def _without_siding_neighbours(x, wv, given, weight, n_val, deriv, use, n_use, b
     for j in range(length):
         for q in range(8):
             deriv[j, q] = _gradient(n_val, j, q, length)
-        weight[j] = given[j]
-    weight[max(centre - 1, 0)] = 0.0
-    weight[min(centre + 1, length - 1)] = 0.0
+    _without_sides(given, weight, length, centre)
     median, median_var = _median_of_neighbours(wv, weight, n_val, deriv, use, length, centre,
                                                cand, lev, keep, deviation, buf)
     step = x - median
@@ -296,28 +313,19 @@ def _without_siding_neighbours(x, wv, given, weight, n_val, deriv, use, n_use, b
         for q in range(8):
             if side[q]:
                 n_val[j, q] = 0.0
-        basis[j, 1] = n_val[j, 1] + n_val[j, 3] + n_val[j, 4] + n_val[j, 6]
-        basis[j, 2] = n_val[j, 0] + n_val[j, 2] + n_val[j, 5] + n_val[j, 7]
-        basis[j, 3] = n_val[j, 4] - n_val[j, 3]
-        basis[j, 4] = n_val[j, 6] - n_val[j, 1]
+        _basis_row(n_val, basis, j)
     for j in range(length):
         weight[j] = given[j]
     value, variance, adjacent = _fit_window(basis, wv, weight, length, centre, rank, e2,
                                             model_error, chol, inv, coef, resid, scratch)
-    for j in range(length):
-        weight[j] = given[j]
-    weight[max(centre - 1, 0)] = 0.0
-    weight[min(centre + 1, length - 1)] = 0.0
+    _without_sides(given, weight, length, centre)
     value3, variance3, _ = _fit_window(basis, wv, weight, length, centre, rank, e2,
                                        model_error, chol, inv, coef, resid, scratch)
     if (variance3 < variance and adjacent > _TAIL_SIGMA
             and _predicts_a_side(basis, wv, given, length, centre, chol, coef, scratch[:_N_BASIS])):
         value = value3
         variance = variance3
-    for j in range(length):
-        weight[j] = given[j]
-    weight[max(centre - 1, 0)] = 0.0
-    weight[min(centre + 1, length - 1)] = 0.0
+    _without_sides(given, weight, length, centre)
     for q in range(8):
         kept[q] = use[q] and not side[q]
     rest, rest_var = _median_of_neighbours(wv, weight, n_val, deriv, kept, length, centre,
@@ -573,19 +581,13 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                     n_val[j, q] = _repaired(y, repaired, repaired_value, kk, neighbours[q, s])
                 else:
                     n_val[j, q] = y[kk, neighbours[q, s]]
-            basis[j, 0] = 1.0
-            basis[j, 1] = n_val[j, 1] + n_val[j, 3] + n_val[j, 4] + n_val[j, 6]
-            basis[j, 2] = n_val[j, 0] + n_val[j, 2] + n_val[j, 5] + n_val[j, 7]
-            basis[j, 3] = n_val[j, 4] - n_val[j, 3]
-            basis[j, 4] = n_val[j, 6] - n_val[j, 1]
+            _basis_row(n_val, basis, j)
         rank = 5 if n_use > 0 else 1
         e2 = e[k, s] * e[k, s]
         weight[centre] = 0.0
         for j in range(length):
             given[j] = weight[j]
-            weight3[j] = weight[j]
-        weight3[max(centre - 1, 0)] = 0.0
-        weight3[min(centre + 1, length - 1)] = 0.0
+        _without_sides(given, weight3, length, centre)
         # (1) the joint fit without the voxel; (2) also without the planes next to
         # it; (3) the median of single-neighbour fits, where the neighbours hold no
         # signal on this plane. (2) is made where it can be chosen, (3) where quiet.
