@@ -68,7 +68,7 @@ def _median(buf, n):
 
     Up to eight values (a voxel's neighbours) go through a sorting network
     (``buf[n:8]`` padded with +inf): its min/max steps have no branches to
-    mispredict, which made these medians four times faster than insertion sort.
+    mispredict, unlike insertion sort's, which took a tenth of the fits' time.
     """
     if n == 0:
         return np.nan
