@@ -15,6 +15,7 @@ from layerclip.robust_kernels import (
     _NEAR_PLANES,
     _QUIET,
     _SIDING,
+    _SIDING_ROUNDS,
     _TAIL_SIGMA,
     _VAGUE,
 )
@@ -168,8 +169,15 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
         wider &= ~bright[ks, ss] | (adjacent > _TAIL_SIGMA) | tainted
     value[wider] = value3[wider]
     variance[wider] = variance3[wider]
+    # quiet: the neighbours hold no signal on this plane, nor a slope across it (a
+    # line's edge, which the single fits would follow through n')
     level = np.abs(n_val[rows, centre_at]) / e[ks[:, None], nbc]
-    quiet = ~(_nanmedian_rows(np.where(use, level, np.nan)) > _QUIET)
+    inner = (centre_at > 0) & (centre_at < length - 1)
+    before = n_val[rows, np.clip(centre_at - 1, 0, length - 1)]
+    after = n_val[rows, np.clip(centre_at + 1, 0, length - 1)]
+    slope = 0.5 * np.abs(after - before) / e[ks[:, None], nbc]
+    quiet = ~(_nanmedian_rows(np.where(use, level, np.nan)) > _QUIET) & ~(
+        inner & (_nanmedian_rows(np.where(use, slope, np.nan)) > _QUIET))
     first_pass = flagged is None or not flagged.any()
     with np.errstate(invalid="ignore"):
         vague = ~quiet & first_pass & (use.sum(axis=1) > 3) & (variance > _VAGUE * e2)
@@ -210,6 +218,13 @@ def _without_siding_neighbours(w_val, given, n_val, use, centre_at, rank, e2, x,
         go = np.abs(step) > _DISSENT_SIGMA * np.sqrt(e2 + median_var)
         bound = _SIDING * np.sqrt(_nanmedian_rows(np.where(keep, lev, np.nan)))
         side = keep & ((cand - median[:, None]) * np.sign(step)[:, None] > bound[:, None])
+        # the median without them may show more (a hit neighbour the others' median
+        # half hid), up to _SIDING_ROUNDS times
+        for _ in range(_SIDING_ROUNDS):
+            some = side.any(axis=1)
+            rest = _nanmedian_rows(np.where(keep & ~side, cand, np.nan))
+            side |= (some[:, None] & keep & ~side
+                     & ((cand - rest[:, None]) * np.sign(step)[:, None] > bound[:, None]))
     n_side = side.sum(axis=1)
     go &= (n_side > 0) & (2 * n_side < use.sum(axis=1))
     n_val = np.where(side[:, None, :], 0.0, n_val)

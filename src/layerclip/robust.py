@@ -60,16 +60,24 @@ wider interval. Three safeguards keep one residual from faking the prediction:
   neighbours' typical value), when they are fewer than half, are left out of the
   basis (a line would show in most of them, or in half where a velocity gradient
   moves a narrow line's peak onto plane ``k``; a residual hits a few);
-* where the neighbours hold no signal on plane ``k`` (median below 3 ERR), the
-  median over neighbours of single-neighbour fits ``b + a n + c n'`` (without the
-  planes next to ``k``, leaving out neighbours that extrapolate) replaces the joint
-  fit when the two disagree beyond their uncertainties or the median is the more
-  precise: a joint fit on noise follows any residual its neighbours share;
+* where the neighbours hold no signal on plane ``k`` (median below 3 ERR) nor a
+  slope across it (median of half the difference of planes ``k+1`` and ``k-1``
+  below 3 ERR), the median over neighbours of single-neighbour fits
+  ``b + a n + c n'`` (without the planes next to ``k``, leaving out neighbours that
+  extrapolate) replaces the joint fit when the two disagree beyond their
+  uncertainties or the median is the more precise: a joint fit on noise follows
+  any residual its neighbours share. (On a line's edge the single fits follow the
+  slope through ``n'``, and a residual in the spaxel's own window leads them all
+  astray alike, so their spread does not show it; there the joint fit, with its
+  robust step, stands);
 * where a first prediction is vague (variance above 4 ERR^2), its neighbours' own
   single-neighbour fits are compared: a residual spread over the voxel and two or
   three neighbours puts itself into the basis (and, through its other plane, into
   the window's misfits, hence the vagueness), and the hit neighbours' fits stand
-  apart from the median towards the voxel's value. Where the voxel is beyond 3
+  apart from the median towards the voxel's value (measured from the median of
+  the others once those are set aside, in up to two more rounds: two strongly
+  hit neighbours pull the median of all towards the voxel, and a third, less hit
+  one stays within reach of it). Where the voxel is beyond 3
   sigma of that median and such neighbours are a minority, the fits are made again
   without them (the one without the planes next to ``k`` only where it predicts one
   of those planes: a basis that cannot follow a sharp core misses both), and the

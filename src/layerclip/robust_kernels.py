@@ -23,7 +23,8 @@ _N_BASIS = 5
 _MIN_FIT_POINTS = 8
 # Planes either side of a voxel whose leave-one-out misfit bounds its model error.
 _NEAR_PLANES = 2
-# Neighbours whose median |value| / ERR on the plane is below this hold no signal.
+# Neighbours whose median |value| / ERR on the plane, and median half-difference of the
+# planes either side / ERR, are below this hold no signal (are quiet).
 _QUIET = 3.0
 # A miss of the planes next to a bright voxel beyond this (in ERR) marks a residual's tail.
 _TAIL_SIGMA = 5.0
@@ -36,6 +37,8 @@ _DISSENT_SIGMA = 3.0
 # A neighbour sides with the voxel when its single fit lies beyond this many times its
 # typical propagated noise from that median, on the voxel's side.
 _SIDING = 3.0
+# Rounds in which the median of the single fits not (yet) siding is taken again.
+_SIDING_ROUNDS = 2
 # Agreement required (in combined standard deviations) of the fit without those
 # neighbours with the planes it left out and with the median of the rest.
 _CHECK_SIGMA = 3.0
@@ -330,6 +333,24 @@ def _without_siding_neighbours(x, wv, given, weight, n_val, deriv, use, n_use, b
     for q in range(8):
         side[q] = keep[q] and (cand[q] - median) * np.sign(step) > bound
         n_side += side[q]
+    # measured from the median of the others, more may side with the voxel: two
+    # strongly hit neighbours pull the median of all towards the voxel, and a
+    # third, less hit one (a brighter spaxel, whose fit scales the residual down)
+    # stays within the bound of it
+    for _ in range(_SIDING_ROUNDS):
+        if n_side == 0:
+            break
+        for q in range(8):
+            kept[q] = keep[q] and not side[q]
+        rest = _finite_median(cand, kept, buf)
+        added = 0
+        for q in range(8):
+            if kept[q] and (cand[q] - rest) * np.sign(step) > bound:
+                side[q] = True
+                added += 1
+        if added == 0:
+            break
+        n_side += added
     if n_side == 0 or 2 * n_side >= n_use:
         return np.nan, np.nan
     for j in range(length):
@@ -620,15 +641,25 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
         _without_sides(given, weight3, length, centre)
         # (1) the joint fit without the voxel; (2) also without the planes next to
         # it; (3) the median of single-neighbour fits, where the neighbours hold no
-        # signal on this plane. (2) is made where it can be chosen, (3) where quiet.
+        # signal on this plane nor a slope across it (a line's edge: the single
+        # fits follow it through n', and a residual in the window leads them all
+        # astray alike). (2) is made where it can be chosen, (3) where quiet.
+        # (``level`` is free again here: it holds the slopes)
         n = 0
+        n_slope = 0
         for q in range(8):
             if use[q]:
-                v = abs(n_val[centre, q]) / e[k, neighbours[q, s]]
+                nb = neighbours[q, s]
+                v = abs(n_val[centre, q]) / e[k, nb]
                 if np.isfinite(v):
                     buf[n] = v
                     n += 1
-        quiet = not (_median(buf, n) > _QUIET)
+                if 0 < centre < length - 1:
+                    v = 0.5 * abs(n_val[centre + 1, q] - n_val[centre - 1, q]) / e[k, nb]
+                    if np.isfinite(v):
+                        level[n_slope] = v
+                        n_slope += 1
+        quiet = not (_median(buf, n) > _QUIET) and not (_median(level, n_slope) > _QUIET)
         on_bright = use_screen and bright[k, s]
         value, variance, adjacent = _fit_window(basis, wv, weight, length, centre, rank, e2,
                                                 model_error, chol, inv, coef, resid, scratch)
