@@ -185,11 +185,18 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
         # (4) a vague first prediction: the fits again without the neighbours whose
         # single-neighbour fits side with the voxel
         at = np.flatnonzero(vague)
+        # (the voxel's own values on the planes either side, NaN where unusable; in
+        # a first pass the template is the flux)
+        x_side = []
+        for step_k in (-1, 1):
+            kc = np.clip(ks + step_k, 0, n_planes - 1)
+            ok_side = (ks + step_k >= 0) & (ks + step_k < n_planes) & template_ok[kc, ss]
+            x_side.append(np.where(ok_side, template[kc, ss], np.nan))
         value4, variance4 = _without_siding_neighbours(
             w_val[at], given[at], n_val[at], use[at], centre_at[at], rank[at], e2[at],
-            y[ks[at], ss[at]], model_error)
-        with np.errstate(invalid="ignore"):
-            better = variance4 < variance[at]
+            y[ks[at], ss[at]], model_error, value[at], variance[at],
+            e[ks[at, None], nbc[at]], x_side[0][at], x_side[1][at], candidate_sigma)
+        better = np.isfinite(value4)
         value[at[better]] = value4[better]
         variance[at[better]] = variance4[better]
     value_nb, variance_nb = _median_of_neighbours(w_val, weight, n_val, use, centre_at)
@@ -203,7 +210,8 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
     return value, variance
 
 
-def _without_siding_neighbours(w_val, given, n_val, use, centre_at, rank, e2, x, model_error):
+def _without_siding_neighbours(w_val, given, n_val, use, centre_at, rank, e2, x, model_error,
+                               value0, variance0, nb_err, x_before, x_after, candidate_sigma):
     """Step (4) of :func:`predict` for the rows given (NaN where it does not apply)."""
     rows = np.arange(w_val.shape[0])
     length = w_val.shape[1]
@@ -213,17 +221,32 @@ def _without_siding_neighbours(w_val, given, n_val, use, centre_at, rank, e2, x,
         without_sides[rows, j] = 0.0
     median, median_var, cand, lev, keep = _median_of_neighbours(
         w_val, without_sides, n_val, use, centre_at, parts=True)
+    # (a neighbour left out of the median because it extrapolates may side too)
+    cand = np.where(use, cand, np.nan)
     step = x - median
     with np.errstate(invalid="ignore"):
         go = np.abs(step) > _DISSENT_SIGMA * np.sqrt(e2 + median_var)
         bound = _SIDING * np.sqrt(_nanmedian_rows(np.where(keep, lev, np.nan)))
-        side = keep & ((cand - median[:, None]) * np.sign(step)[:, None] > bound[:, None])
+        # (one that extrapolates, not where another peaks on this plane beyond
+        # candidate_sigma: a line narrower than the planes beside this one)
+        sg = np.sign(step)[:, None]
+        inner = (centre_at > 0) & (centre_at < length - 1)
+        bump = sg * n_val[rows, centre_at] - np.maximum(
+            sg * n_val[rows, np.clip(centre_at - 1, 0, length - 1)],
+            sg * n_val[rows, np.clip(centre_at + 1, 0, length - 1)])
+        peaked = (keep & (bump > candidate_sigma * nb_err)).any(axis=1)
+        # (or, where one does, one whose own peak here is no higher than the voxel's)
+        own_bump = sg[:, 0] * x - np.maximum(sg[:, 0] * x_before, sg[:, 0] * x_after)
+        own_bump = np.where(np.isfinite(own_bump), own_bump, -np.inf)
+        within = keep | (inner[:, None] & (~peaked[:, None] | (bump <= own_bump[:, None])))
+        side = use & within & (
+            (cand - median[:, None]) * np.sign(step)[:, None] > bound[:, None])
         # the median without them may show more (a hit neighbour the others' median
         # half hid), up to _SIDING_ROUNDS times
         for _ in range(_SIDING_ROUNDS):
             some = side.any(axis=1)
             rest = _nanmedian_rows(np.where(keep & ~side, cand, np.nan))
-            side |= (some[:, None] & keep & ~side
+            side |= (some[:, None] & use & within & ~side
                      & ((cand - rest[:, None]) * np.sign(step)[:, None] > bound[:, None]))
     n_side = side.sum(axis=1)
     go &= (n_side > 0) & (2 * n_side < use.sum(axis=1))
@@ -248,13 +271,16 @@ def _without_siding_neighbours(w_val, given, n_val, use, centre_at, rank, e2, x,
         with np.errstate(divide="ignore", invalid="ignore"):
             predicts_a_side |= inside & (g > 0) & (
                 np.abs(w_val[rows, jc] - model) < _CHECK_SIGMA * np.sqrt(1.0 / g + lev_j))
-    with np.errstate(invalid="ignore"):
-        wider = (variance3 < variance) & (adjacent > _TAIL_SIGMA) & predicts_a_side
-    value[wider] = value3[wider]
-    variance[wider] = variance3[wider]
     rest, rest_var = _median_of_neighbours(w_val, without_sides, n_val, use & ~side, centre_at)
     with np.errstate(invalid="ignore"):
+        agrees3 = np.abs(value3 - rest) < _CHECK_SIGMA * np.sqrt(variance3 + rest_var)
+        wider = (variance3 < variance) & (adjacent > _TAIL_SIGMA) & (predicts_a_side | agrees3)
+    value[wider] = value3[wider]
+    variance[wider] = variance3[wider]
+    with np.errstate(invalid="ignore"):
         go &= np.abs(value - rest) < _CHECK_SIGMA * np.sqrt(variance + rest_var)
+        go &= (variance < variance0) | (
+            np.abs(value0 - rest) > _CHECK_SIGMA * np.sqrt(variance0 + rest_var))
     return np.where(go, value, np.nan), np.where(go, variance, np.nan)
 
 
@@ -349,6 +375,7 @@ def _median_of_neighbours(w_val, weight, n_val, use, centre_at, parts=False):
     typical_lev = _nanmedian_rows(np.where(use, lev, np.nan))
     use = use & (lev <= 10.0 * typical_lev[:, None])
     count = use.sum(axis=1)
+    cand_all = cand
     cand = np.where(use, cand, np.nan)
     med = _nanmedian_rows(cand)
     spread = 1.4826 * _nanmedian_rows(np.abs(cand - med[:, None]))
@@ -358,7 +385,7 @@ def _median_of_neighbours(w_val, weight, n_val, use, centre_at, parts=False):
     med[few] = np.nan
     var[few] = np.nan
     if parts:
-        return med, var, cand, lev, use
+        return med, var, cand_all, lev, use
     return med, var
 
 

@@ -77,12 +77,19 @@ wider interval. Three safeguards keep one residual from faking the prediction:
   apart from the median towards the voxel's value (measured from the median of
   the others once those are set aside, in up to two more rounds: two strongly
   hit neighbours pull the median of all towards the voxel, and a third, less hit
-  one stays within reach of it). Where the voxel is beyond 3
-  sigma of that median and such neighbours are a minority, the fits are made again
-  without them (the one without the planes next to ``k`` only where it predicts one
-  of those planes: a basis that cannot follow a sharp core misses both), and the
-  result is taken where it is the more precise and agrees with the median of the
-  other neighbours' single fits.
+  one stays within reach of it; a neighbour whose single fit extrapolates, its
+  value on plane ``k`` far outside its range over the window, may side too: a
+  residual of its own, unless another neighbour peaks on plane ``k`` beyond
+  ``candidate_sigma`` and this one peaks there higher than the voxel, as the
+  neighbours towards a point source's peak do on its wing when the line is
+  narrower than the planes beside ``k``). Where the voxel is beyond 3 sigma of that median and such
+  neighbours are a minority, the fits are made again without them (the one without
+  the planes next to ``k`` where it predicts one of those planes or agrees with the
+  median of the other neighbours' single fits: a basis that cannot follow a sharp
+  core misses both planes, and so do a residual's tails when it spans three, but
+  only then do the others confirm it), and the result is taken where it agrees with
+  that median and is the more precise, or where the first prediction does not
+  agree with it (the siding neighbours had spoiled it).
 
 The normalised residual is ``z = (x - p) / sqrt(ERR^2 + var(p)) / scale``, and a
 voxel is flagged when ``|z| > sigma``; where no fit was made the screen's ``r``
@@ -121,7 +128,10 @@ fit's basis is now flagged with the same sign, on the same plane, or beyond
 ``2 sigma`` on a plane next to it where this spaxel is flagged beyond ``2 sigma``
 too (the voxel is then the residual's tail), and the refit finds more than the
 first fit did: one residual spanning both spaxels spoiled that first prediction
-(the refit's verdict is then taken even where it is the vaguer one). "Bright" here
+(the refit's verdict is then taken even where it is the vaguer one); nor where the
+first pass found the voxel beyond ``grow_sigma`` and the refit beyond ``2 sigma``,
+both the same way (the first fit held the residual's tails in its window and saw
+it weaker: they agree on a hit). "Bright" here
 also covers a voxel whose first prediction exceeds ``bright_snr`` x ERR: the peak of
 a narrow line rises from a faint baseline.
 
@@ -620,7 +630,11 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         value[bk[vaguer], bs[vaguer]] = first_value[at[vaguer]]
         variance[bk[vaguer], bs[vaguer]] = first_variance[at[vaguer]]
         now, was = np.where(vaguer, first[at], refit), first[at]
-        rho[bk, bs] = np.where(spoiled, now, np.where(
+        # ... nor where both find it the same way, the first beyond grow_sigma and
+        # the later beyond _TAIL_CORE sigma (the first held the residual's tails)
+        confirmed = ((np.sign(was) == np.sign(now)) & (np.abs(was) > grow_sigma)
+                     & (np.abs(now) > _TAIL_CORE * sigma))
+        rho[bk, bs] = np.where(spoiled | confirmed, now, np.where(
             np.sign(was) == np.sign(now), np.sign(now) * np.minimum(np.abs(was), np.abs(now)),
             0.0))
         keep_over_ceiling()

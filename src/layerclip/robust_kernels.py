@@ -304,9 +304,11 @@ def _predicts_a_side(basis, wv, given, length, centre, chol, coef, tmp):
 
 
 @njit(**_JIT)
-def _without_siding_neighbours(x, wv, given, weight, n_val, deriv, use, n_use, basis, length,
-                               centre, rank, e2, model_error, side, kept, cand, lev, keep,
-                               deviation, buf, chol, inv, coef, resid, scratch):
+def _without_siding_neighbours(x, value0, variance0, wv, given, weight, n_val, deriv, use,
+                               n_use, nb_err, x_before, x_after, candidate_sigma, basis,
+                               length, centre, rank, e2, model_error, side, kept, extrapolating,
+                               bump, cand, lev, keep, deviation, buf, chol, inv, coef, resid,
+                               scratch):
     """The joint fit without the neighbours whose single fits side with the voxel.
 
     A residual spread over the voxel and two or three of its neighbours puts itself
@@ -314,11 +316,21 @@ def _without_siding_neighbours(x, wv, given, weight, n_val, deriv, use, n_use, b
     window's misfits, which make the prediction vague). Each neighbour's own fit
     ``b + a n + c n'`` (:func:`_median_of_neighbours`) carries the residual only if
     that neighbour is hit, so the hit ones stand apart from the median, towards the
-    voxel's value ``x``. When the median sits beyond ``_DISSENT_SIGMA`` from ``x``
-    and such neighbours are a minority, the fits are made again without them (the
-    one without the planes next to the centre only where the first misses one of
-    them and it predicts the other). The result is returned only if it agrees with
-    the median of the remaining neighbours' single fits; otherwise NaN.
+    voxel's value ``x`` (also those left out of the median because they
+    extrapolate: a residual of their own puts their value at the centre far
+    outside their range over the window; but so does a line narrower than the
+    planes beside the centre, so where another neighbour peaks at the centre
+    beyond ``candidate_sigma`` times its ERR (``nb_err``), only those whose peak
+    there is no higher than the voxel's, from its values ``x_before`` and
+    ``x_after`` on the planes either side: on a point source's wing the
+    neighbours towards the peak are higher). When the median sits beyond
+    ``_DISSENT_SIGMA`` from ``x`` and such neighbours are a minority, the fits are
+    made again without them (the one without the planes next to the centre where
+    the first misses one of them and it either predicts the other or agrees with
+    the median of the remaining neighbours' single fits: a residual over three
+    planes leaves tails on both sides). The result is returned if it agrees with
+    that median and is more precise than the first prediction (``value0``,
+    ``variance0``), or the first prediction does not agree with it; otherwise NaN.
     ``n_val`` and ``basis`` are overwritten.
     """
     _gradients(n_val, length, deriv)
@@ -329,9 +341,31 @@ def _without_siding_neighbours(x, wv, given, weight, n_val, deriv, use, n_use, b
     if not abs(step) > _DISSENT_SIGMA * np.sqrt(e2 + median_var):
         return np.nan, np.nan
     bound = _SIDING * np.sqrt(_finite_median(lev, keep, buf))
+    # neighbours left out of the median because they extrapolate (their value here
+    # far outside their range over the window) may side too: a residual of their
+    # own, or a line narrower than the planes beside this one, which then peaks
+    # here in the others too (fainter), and higher than the voxel in the
+    # neighbours towards a point source's peak
+    sg = np.sign(step)
+    inner = 0 < centre < length - 1
+    peaked = not inner
+    for q in range(8):
+        if inner:
+            bump[q] = sg * n_val[centre, q] - max(sg * n_val[centre - 1, q],
+                                                  sg * n_val[centre + 1, q])
+            if keep[q] and bump[q] > candidate_sigma * nb_err[q]:
+                peaked = True
+    own_bump = -np.inf
+    if np.isfinite(x_before) and np.isfinite(x_after):
+        own_bump = sg * x - max(sg * x_before, sg * x_after)
+    for q in range(8):
+        # (an extrapolating neighbour may side where no other neighbour peaks on
+        # this plane, or where its own peak here is no higher than the voxel's)
+        extrapolating[q] = inner and (not peaked or bump[q] <= own_bump)
     n_side = 0
     for q in range(8):
-        side[q] = keep[q] and (cand[q] - median) * np.sign(step) > bound
+        side[q] = (use[q] and (keep[q] or extrapolating[q])
+                   and (cand[q] - median) * sg > bound)
         n_side += side[q]
     # measured from the median of the others, more may side with the voxel: two
     # strongly hit neighbours pull the median of all towards the voxel, and a
@@ -345,7 +379,8 @@ def _without_siding_neighbours(x, wv, given, weight, n_val, deriv, use, n_use, b
         rest = _finite_median(cand, kept, buf)
         added = 0
         for q in range(8):
-            if kept[q] and (cand[q] - rest) * np.sign(step) > bound:
+            if (use[q] and (keep[q] or extrapolating[q]) and not side[q]
+                    and (cand[q] - rest) * sg > bound):
                 side[q] = True
                 added += 1
         if added == 0:
@@ -365,16 +400,25 @@ def _without_siding_neighbours(x, wv, given, weight, n_val, deriv, use, n_use, b
     _without_sides(given, weight, length, centre)
     value3, variance3, _ = _fit_window(basis, wv, weight, length, centre, rank, e2,
                                        model_error, chol, inv, coef, resid, scratch)
-    if (variance3 < variance and adjacent > _TAIL_SIGMA
-            and _predicts_a_side(basis, wv, given, length, centre, chol, coef, scratch[:_N_BASIS])):
-        value = value3
-        variance = variance3
+    wider = variance3 < variance and adjacent > _TAIL_SIGMA
+    predicts_a_side = wider and _predicts_a_side(basis, wv, given, length, centre, chol, coef,
+                                                 scratch[:_N_BASIS])
     _without_sides(given, weight, length, centre)
     for q in range(8):
         kept[q] = use[q] and not side[q]
     rest, rest_var = _median_of_neighbours(wv, weight, n_val, deriv, kept, length, centre,
                                            cand, lev, keep, deviation, buf)
+    # (where it misses both planes next to the voxel, it is taken only if the
+    # other neighbours' single fits agree: a residual over three planes, not a
+    # sharp core the basis cannot follow)
+    if wider and (predicts_a_side
+                  or abs(value3 - rest) < _CHECK_SIGMA * np.sqrt(variance3 + rest_var)):
+        value = value3
+        variance = variance3
     if not abs(value - rest) < _CHECK_SIGMA * np.sqrt(variance + rest_var):
+        return np.nan, np.nan
+    if not (variance < variance0
+            or abs(value0 - rest) > _CHECK_SIGMA * np.sqrt(variance0 + rest_var)):
         return np.nan, np.nan
     return value, variance
 
@@ -532,6 +576,9 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
     side = np.empty(8, np.bool_)
     kept = np.empty(8, np.bool_)
     deviation = np.empty(8)
+    nb_err = np.empty(8)
+    extrapolating = np.empty(8, np.bool_)
+    bump = np.empty(8)
     buf = np.empty(max(length, 8))
     chol = np.empty((_N_BASIS, _N_BASIS))
     inv = np.empty((_N_BASIS, _N_BASIS))
@@ -676,12 +723,19 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                 variance = variance3
         if not quiet and not any_repaired and n_use > 3 and variance > _VAGUE * e2:
             # (4) a vague first prediction: the same fits without the neighbours
-            # that side with the voxel, taken where it is the more precise
+            # that side with the voxel, taken where the others' single fits
+            # confirm it (see _without_siding_neighbours)
+            for q in range(8):
+                nb_err[q] = e[k, neighbours[q, s]] if use[q] else np.nan
+            # (the voxel's own values on the planes either side, NaN where unusable)
+            x_before = y[k - 1, s] if k > 0 and usable[k - 1, s] else np.nan
+            x_after = y[k + 1, s] if k < n_planes - 1 and usable[k + 1, s] else np.nan
             value4, variance4 = _without_siding_neighbours(
-                y[k, s], wv, given, weight3, n_val, deriv, use, n_use, basis, length, centre,
-                rank, e2, model_error, side, kept, cand, lev, keep, deviation, buf, chol, inv,
-                coef, resid, scratch)
-            if variance4 < variance:
+                y[k, s], value, variance, wv, given, weight3, n_val, deriv, use, n_use, nb_err,
+                x_before, x_after, candidate_sigma, basis, length, centre, rank, e2,
+                model_error, side, kept, extrapolating, bump, cand, lev, keep, deviation, buf,
+                chol, inv, coef, resid, scratch)
+            if np.isfinite(value4):
                 value = value4
                 variance = variance4
         if quiet:
