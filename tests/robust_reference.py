@@ -63,7 +63,7 @@ def spectral_baseline(y, usable):
 
 def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_window,
              model_error, screen=None, bright=None, candidate_sigma=3.5, flagged=None,
-             drop_adjacent=False):
+             drop_adjacent=False, return_aside=False):
     """Neighbour-basis predictions for the voxels ``(ks, ss)`` of a compact block.
 
     Parameters
@@ -94,10 +94,14 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
     -------
     value, variance : ndarray
         Prediction and its variance (NaN where too few points could be fitted).
+    aside : ndarray of uint8
+        With ``return_aside``: bit ``q`` set where the prediction is step (4)'s,
+        made without neighbour ``q``.
     """
     n_planes = y.shape[0]
     h = int(half_window)
     length = min(2 * h + 1, n_planes)
+    aside = np.zeros(ks.size, np.uint8)
     # the window is centred on the voxel, or shifted to stay inside the block
     first = np.clip(ks - h, 0, n_planes - length)
     kk = first[:, None] + np.arange(length)[None]
@@ -192,13 +196,15 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
             kc = np.clip(ks + step_k, 0, n_planes - 1)
             ok_side = (ks + step_k >= 0) & (ks + step_k < n_planes) & template_ok[kc, ss]
             x_side.append(np.where(ok_side, template[kc, ss], np.nan))
-        value4, variance4 = _without_siding_neighbours(
+        value4, variance4, side = _without_siding_neighbours(
             w_val[at], given[at], n_val[at], use[at], centre_at[at], rank[at], e2[at],
             y[ks[at], ss[at]], model_error, value[at], variance[at],
             e[ks[at, None], nbc[at]], x_side[0][at], x_side[1][at], candidate_sigma)
         better = np.isfinite(value4)
         value[at[better]] = value4[better]
         variance[at[better]] = variance4[better]
+        aside[at] = (side.astype(np.uint8) << np.arange(8, dtype=np.uint8)).sum(axis=1,
+                                                                               dtype=np.uint8)
     value_nb, variance_nb = _median_of_neighbours(w_val, weight, n_val, use, centre_at)
     with np.errstate(invalid="ignore"):
         # the joint fit is replaced where it disagrees with the median beyond
@@ -207,7 +213,7 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
                            | (variance > variance_nb))
     value[spoiled] = value_nb[spoiled]
     variance[spoiled] = variance_nb[spoiled]
-    return value, variance
+    return (value, variance, aside) if return_aside else (value, variance)
 
 
 def _without_siding_neighbours(w_val, given, n_val, use, centre_at, rank, e2, x, model_error,
@@ -281,7 +287,7 @@ def _without_siding_neighbours(w_val, given, n_val, use, centre_at, rank, e2, x,
         go &= np.abs(value - rest) < _CHECK_SIGMA * np.sqrt(variance + rest_var)
         go &= (variance < variance0) | (
             np.abs(value0 - rest) > _CHECK_SIGMA * np.sqrt(variance0 + rest_var))
-    return np.where(go, value, np.nan), np.where(go, variance, np.nan)
+    return np.where(go, value, np.nan), np.where(go, variance, np.nan), side & go[:, None]
 
 
 def _fit_window(basis, w_val, weight, rows, centre_at, rank, e2, model_error, parts=False):
@@ -413,7 +419,8 @@ def _nanmedian_rows(a):
 
 def predict_like_kernel(y, e, usable, neighbours, ks, ss, *, opts, unusable_before=None,
                         exclude=(), flagged=None, repaired_value=None,
-                        own_repaired=False, drop_adjacent=False, screen, bright):
+                        own_repaired=False, drop_adjacent=False, screen, bright,
+                        return_aside=False):
     """:func:`predict` called with the arguments of ``layerclip.robust._predict``."""
     repaired = None
     if flagged is None:
@@ -430,4 +437,5 @@ def predict_like_kernel(y, e, usable, neighbours, ks, ss, *, opts, unusable_befo
         for mask in exclude:
             fit_ok &= ~mask
     return predict(own, e, fit_ok, template, template_ok, neighbours, ks, ss, screen=screen,
-                   bright=bright, flagged=repaired, drop_adjacent=drop_adjacent, **opts)
+                   bright=bright, flagged=repaired, drop_adjacent=drop_adjacent,
+                   return_aside=return_aside, **opts)

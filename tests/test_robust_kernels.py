@@ -263,10 +263,15 @@ def test_predictions_match_vectorised_reference(block, case, rng):
                   drop_adjacent=case == "flags on adjacent planes dropped")
     unusable_before = np.empty((y.shape[0] + 1, y.shape[1]), np.int16)
     count_unusable(usable, unusable_before)
-    got, got_var = robust._predict(y, e, usable, neighbours, ks, ss,
-                                   unusable_before=unusable_before, **kw)
-    want, want_var = reference.predict_like_kernel(y, e, usable, neighbours, ks, ss, **kw)
+    got, got_var, got_aside = robust._predict(y, e, usable, neighbours, ks, ss,
+                                              unusable_before=unusable_before,
+                                              return_aside=True, **kw)
+    want, want_var, want_aside = reference.predict_like_kernel(
+        y, e, usable, neighbours, ks, ss, return_aside=True, **kw)
     np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    # the same neighbours left out where step (4) was taken (a first pass only)
+    np.testing.assert_array_equal(got_aside, want_aside)
+    assert (got_aside > 0).any() == (case == "first pass")
     ok = np.isfinite(want)
     assert ok.sum() > 100
     # The same fits, solved differently (Cholesky here, LU there): agreement far

@@ -131,7 +131,11 @@ first fit did: one residual spanning both spaxels spoiled that first prediction
 (the refit's verdict is then taken even where it is the vaguer one); nor where the
 first pass found the voxel beyond ``grow_sigma`` and the refit beyond ``2 sigma``,
 both the same way (the first fit held the residual's tails in its window and saw
-it weaker: they agree on a hit). "Bright" here
+it weaker: they agree on a hit). Conversely, where the first prediction left out
+neighbours whose single fits sided with the voxel (the vague-prediction step, which
+runs in the first pass only) and a refit, holding those again while they are
+unflagged, finds less than a first verdict beyond ``2 sigma``, the first verdict
+stands, and its prediction is kept as the replacement value. "Bright" here
 also covers a voxel whose first prediction exceeds ``bright_snr`` x ERR: the peak of
 a narrow line rises from a faint baseline.
 
@@ -356,7 +360,7 @@ def _screen(y, e, usable, sky, neighbours, *, scale_window, bright_snr, sigma,
 
 def _predict(y, e, usable, neighbours, ks, ss, *, opts, unusable_before, exclude=(),
              flagged=None, repaired_value=None, own_repaired=False, drop_adjacent=False,
-             screen, bright):
+             screen, bright, return_aside=False):
     """Neighbour-basis predictions for the voxels ``(ks, ss)`` of a compact block.
 
     Parameters
@@ -388,17 +392,23 @@ def _predict(y, e, usable, neighbours, ks, ss, *, opts, unusable_before, exclude
         that stand out on the voxel's plane (beyond ``candidate_sigma`` on a faint
         spectrum; on a bright one, also beyond four times the neighbours' typical
         value) are left out of the basis when they are fewer than half.
+    return_aside : bool
+        Also return, per voxel, the neighbours (bit ``q`` for row ``q`` of
+        ``neighbours``) left out because their single fits sided with it.
 
     Returns
     -------
     value, variance : ndarray
         Prediction and its variance (NaN where too few points could be fitted),
         from :func:`layerclip.robust_kernels.predict_voxels`.
+    aside : ndarray of uint8
+        Only with ``return_aside``.
     """
     value = np.empty(ks.size)
     variance = np.empty(ks.size)
+    aside = np.zeros(ks.size, np.uint8)
     if ks.size == 0:
-        return value, variance
+        return (value, variance, aside) if return_aside else (value, variance)
     if not exclude and not own_repaired:
         raise ValueError("_predict: exclude masks are needed unless own_repaired")
     # (the kernel takes two masks: a single one is given twice; with own_repaired
@@ -415,8 +425,8 @@ def _predict(y, e, usable, neighbours, ks, ss, *, opts, unusable_before, exclude
                    bool(drop_adjacent), neighbours,
                    np.ascontiguousarray(ks, np.int64), np.ascontiguousarray(ss, np.int64),
                    int(opts["half_window"]), float(opts["model_error"]), screen, bright, True,
-                   float(opts["candidate_sigma"]), value, variance)
-    return value, variance
+                   float(opts["candidate_sigma"]), value, variance, aside)
+    return (value, variance, aside) if return_aside else (value, variance)
 
 
 def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sigma"],
@@ -488,10 +498,15 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     common = {"opts": opts, "screen": screen, "bright": bright,
               "unusable_before": unusable_before}
 
+    # the neighbours each first prediction left out because they sided with the voxel
+    aside = np.zeros(y.shape, np.uint8)
+
     def fit(ks, ss, flagged, first_pass=False):
         if flagged is None:
-            v, var = _predict(y, e, usable, neighbours, ks, ss, exclude=(outlying,), **common)
+            v, var, aside[ks, ss] = _predict(y, e, usable, neighbours, ks, ss,
+                                             exclude=(outlying,), return_aside=True, **common)
         else:
+            aside[ks, ss] = 0
             # (in the first pass the flags, voxels above the ceiling, have no value
             # yet: neighbours holding one in the window are left out of the basis)
             v, var = _predict(y, e, usable, neighbours, ks, ss, exclude=(outlying, flagged[0]),
@@ -576,6 +591,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     cand_linear = cand_k * m + cand_s
     first = rho[cand_k, cand_s]
     first_value, first_variance = value[cand_k, cand_s], variance[cand_k, cand_s]
+    first_aside = aside[cand_k, cand_s]
     # real signal on the voxel: a bright spectrum, or a first prediction as bright (a
     # narrow line's peak rises from a faint baseline)
     with np.errstate(invalid="ignore"):
@@ -583,6 +599,9 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     seed = np.abs(first) > sigma
     flags, fk, fs = _grow(cand_k[seed], cand_s[seed], rho, usable, neighbours, grow_sigma, grow)
     refitted = np.zeros(cand_k.size, bool)
+    # where a refit leaned on neighbours the first prediction had set aside, that
+    # prediction is kept, as the replacement value too
+    held = np.zeros(y.shape, bool)
     last = None
     for _ in range(int(passes) - 1):
         if fk.size == 0:
@@ -626,6 +645,14 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
             shared |= _flagged_alike(flags, rho, nbs, kk, refit, strong) & own_strong
         spoiled = shared.any(axis=0) & ((np.sign(refit) != np.sign(first[at]))
                                         | (np.abs(refit) > np.abs(first[at])))
+        # ... and where the first prediction left out neighbours that sided with
+        # the voxel, unflagged since (so back in the refit's basis), and the refit
+        # finds less, the first verdict stands too
+        leaned = (_leaned_on(first_aside[at], flags, neighbours, bk, bs)
+                  & (np.abs(refit) < np.abs(first[at])) & (np.abs(first[at]) > strong)
+                  & ~spoiled)
+        held[bk[leaned], bs[leaned]] = True
+        vaguer |= leaned
         vaguer &= ~spoiled
         value[bk[vaguer], bs[vaguer]] = first_value[at[vaguer]]
         variance[bk[vaguer], bs[vaguer]] = first_variance[at[vaguer]]
@@ -706,7 +733,8 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     # would pull the prediction; a run of three flags has none left), where that
     # leaves enough planes.
     on_bright = bright[fk, fs]
-    ks, ss = fk[on_bright], fs[on_bright]
+    free = ~held[fk, fs]
+    ks, ss = fk[on_bright & free], fs[on_bright & free]
     if ks.size:
         v, var = _predict(y, e, usable, neighbours, ks, ss,
                           exclude=(outlying, _guard_short_runs(flags, fk, fs)),
@@ -719,7 +747,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     # On a faint spectrum the five-term fit's slopes are diluted by its neighbours'
     # noise and undershoot a faint line: a flagged voxel there is given a two-term
     # fit on its neighbours' summed spectrum instead, where one can be made.
-    ks, ss = fk[~on_bright], fs[~on_bright]
+    ks, ss = fk[~on_bright & free], fs[~on_bright & free]
     if ks.size:
         v = np.empty(ks.size)
         var = np.empty(ks.size)
@@ -833,6 +861,16 @@ def _tails_to_check(fk, fs, flags, rho, usable, core):
     tk, ts, sign = tk[inside], ts[inside], sign[inside]
     keep = usable[tk, ts] & ~flags[tk, ts]
     return tk[keep], ts[keep], sign[keep]
+
+
+def _leaned_on(aside, flags, neighbours, ks, ss):
+    """Whether any neighbour of ``(ks, ss)`` whose bit is set in ``aside`` (bit ``q``
+    for row ``q`` of ``neighbours``) is unflagged on plane ``ks``."""
+    out = np.zeros(ks.size, bool)
+    for q in range(neighbours.shape[0]):
+        nb = neighbours[q, ss]
+        out |= ((aside >> q) & 1).astype(bool) & (nb >= 0) & ~flags[ks, np.maximum(nb, 0)]
+    return out
 
 
 def _flagged_alike(flags, rho, nbs, ks, sign_of, beyond=0.0):

@@ -519,7 +519,7 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                    repaired_value, any_repaired, any_broken, own_repaired, drop_adjacent,
                    neighbours, ks, ss,
                    half_window, model_error, screen, bright, use_screen, candidate_sigma,
-                   value_out, variance_out):
+                   value_out, variance_out, aside_out):
     """Predictions and their variances for the voxels ``(ks[i], ss[i])``.
 
     Parameters
@@ -558,6 +558,9 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
     candidate_sigma : float
     value_out, variance_out : ndarray of float64, shape (len(ks),)
         Filled with the predictions and variances (NaN where too few points).
+    aside_out : ndarray of uint8, shape (len(ks),)
+        Bit ``q`` set where the prediction is step (4)'s, made without neighbour
+        ``q`` because its single fit sided with the voxel (0 elsewhere).
     """
     n_planes = y.shape[0]
     length = min(2 * half_window + 1, n_planes)
@@ -588,6 +591,7 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
     for i in range(ks.size):
         k = ks[i]
         s = ss[i]
+        aside = 0
         first = min(max(k - half_window, 0), n_planes - length)
         centre = k - first
         for j in range(length):
@@ -738,6 +742,9 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
             if np.isfinite(value4):
                 value = value4
                 variance = variance4
+                for q in range(8):
+                    if side[q]:
+                        aside |= 1 << q
         if quiet:
             _gradients(n_val, length, deriv)
             value_nb, variance_nb = _median_of_neighbours(wv, weight3, n_val, deriv, use,
@@ -751,6 +758,7 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                 variance = variance_nb
         value_out[i] = value
         variance_out[i] = variance
+        aside_out[i] = aside
 
 
 @njit(**_JIT)
