@@ -63,7 +63,7 @@ def spectral_baseline(y, usable):
 
 def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_window,
              model_error, screen=None, bright=None, candidate_sigma=3.5, flagged=None,
-             drop_adjacent=False, return_aside=False):
+             drop_adjacent=False, return_aside=False, raw=None):
     """Neighbour-basis predictions for the voxels ``(ks, ss)`` of a compact block.
 
     Parameters
@@ -184,22 +184,28 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
         inner & (_nanmedian_rows(np.where(use, slope, np.nan)) > _QUIET))
     first_pass = flagged is None or not flagged.any()
     with np.errstate(invalid="ignore"):
-        vague = ~quiet & first_pass & (use.sum(axis=1) > 3) & (variance > _VAGUE * e2)
+        # (in a refit, on a faint spectrum only, and with only the neighbours that
+        # extrapolate as candidates for siding)
+        on_bright = np.zeros(ks.size, bool) if bright is None else bright[ks, ss]
+        vague = (~quiet & (first_pass | ~on_bright) & (use.sum(axis=1) > 3)
+                 & (variance > _VAGUE * e2))
     if vague.any():
         # (4) a vague first prediction: the fits again without the neighbours whose
         # single-neighbour fits side with the voxel
         at = np.flatnonzero(vague)
         # (the voxel's own values on the planes either side, NaN where unusable; in
         # a first pass the template is the flux)
+        raw_y, raw_ok = raw
         x_side = []
         for step_k in (-1, 1):
             kc = np.clip(ks + step_k, 0, n_planes - 1)
-            ok_side = (ks + step_k >= 0) & (ks + step_k < n_planes) & template_ok[kc, ss]
-            x_side.append(np.where(ok_side, template[kc, ss], np.nan))
+            ok_side = (ks + step_k >= 0) & (ks + step_k < n_planes) & raw_ok[kc, ss]
+            x_side.append(np.where(ok_side, raw_y[kc, ss], np.nan))
         value4, variance4, side = _without_siding_neighbours(
             w_val[at], given[at], n_val[at], use[at], centre_at[at], rank[at], e2[at],
             y[ks[at], ss[at]], model_error, value[at], variance[at],
-            e[ks[at, None], nbc[at]], x_side[0][at], x_side[1][at], candidate_sigma)
+            e[ks[at, None], nbc[at]], x_side[0][at], x_side[1][at], candidate_sigma,
+            not first_pass)
         better = np.isfinite(value4)
         value[at[better]] = value4[better]
         variance[at[better]] = variance4[better]
@@ -217,7 +223,8 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
 
 
 def _without_siding_neighbours(w_val, given, n_val, use, centre_at, rank, e2, x, model_error,
-                               value0, variance0, nb_err, x_before, x_after, candidate_sigma):
+                               value0, variance0, nb_err, x_before, x_after, candidate_sigma,
+                               only_extrapolating):
     """Step (4) of :func:`predict` for the rows given (NaN where it does not apply)."""
     rows = np.arange(w_val.shape[0])
     length = w_val.shape[1]
@@ -244,7 +251,8 @@ def _without_siding_neighbours(w_val, given, n_val, use, centre_at, rank, e2, x,
         # (or, where one does, one whose own peak here is no higher than the voxel's)
         own_bump = sg[:, 0] * x - np.maximum(sg[:, 0] * x_before, sg[:, 0] * x_after)
         own_bump = np.where(np.isfinite(own_bump), own_bump, -np.inf)
-        within = keep | (inner[:, None] & (~peaked[:, None] | (bump <= own_bump[:, None])))
+        extra = ~keep & inner[:, None] & (~peaked[:, None] | (bump <= own_bump[:, None]))
+        within = extra | (keep & (not only_extrapolating))
         side = use & within & (
             (cand - median[:, None]) * np.sign(step)[:, None] > bound[:, None])
         # the median without them may show more (a hit neighbour the others' median
@@ -438,4 +446,4 @@ def predict_like_kernel(y, e, usable, neighbours, ks, ss, *, opts, unusable_befo
             fit_ok &= ~mask
     return predict(own, e, fit_ok, template, template_ok, neighbours, ks, ss, screen=screen,
                    bright=bright, flagged=repaired, drop_adjacent=drop_adjacent,
-                   return_aside=return_aside, **opts)
+                   return_aside=return_aside, raw=(y, usable), **opts)

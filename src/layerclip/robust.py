@@ -89,7 +89,10 @@ wider interval. Three safeguards keep one residual from faking the prediction:
   core misses both planes, and so do a residual's tails when it spans three, but
   only then do the others confirm it), and the result is taken where it agrees with
   that median and is the more precise, or where the first prediction does not
-  agree with it (the siding neighbours had spoiled it).
+  agree with it (the siding neighbours had spoiled it). The step belongs to the
+  first predictions; a refit on a faint spectrum takes it too, but with only the
+  extrapolating neighbours as candidates for siding (a residual over several
+  spaxels of one plane leaves the others hit, out of their range, in the basis).
 
 The normalised residual is ``z = (x - p) / sqrt(ERR^2 + var(p)) / scale``, and a
 voxel is flagged when ``|z| > sigma``; where no fit was made the screen's ``r``
@@ -498,7 +501,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     common = {"opts": opts, "screen": screen, "bright": bright,
               "unusable_before": unusable_before}
 
-    # the neighbours each first prediction left out because they sided with the voxel
+    # the neighbours each prediction left out because they sided with the voxel
     aside = np.zeros(y.shape, np.uint8)
 
     def fit(ks, ss, flagged, first_pass=False):
@@ -506,19 +509,19 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
             v, var, aside[ks, ss] = _predict(y, e, usable, neighbours, ks, ss,
                                              exclude=(outlying,), return_aside=True, **common)
         else:
-            aside[ks, ss] = 0
             # (in the first pass the flags, voxels above the ceiling, have no value
             # yet: neighbours holding one in the window are left out of the basis)
-            v, var = _predict(y, e, usable, neighbours, ks, ss, exclude=(outlying, flagged[0]),
-                              flagged=flagged, repaired_value=value, **common)
+            v, var, aside[ks, ss] = _predict(y, e, usable, neighbours, ks, ss,
+                                             exclude=(outlying, flagged[0]), flagged=flagged,
+                                             repaired_value=value, return_aside=True,
+                                             **common)
             again = ~np.isfinite(v)
             if again.any() and not first_pass:
                 # where flags leave too few planes, the flagged voxels' repaired
                 # values stand in for them
-                v[again], var[again] = _predict(y, e, usable, neighbours, ks[again],
-                                                ss[again], flagged=flagged,
-                                                repaired_value=value, own_repaired=True,
-                                                **common)
+                v[again], var[again], aside[ks[again], ss[again]] = _predict(
+                    y, e, usable, neighbours, ks[again], ss[again], flagged=flagged,
+                    repaired_value=value, own_repaired=True, return_aside=True, **common)
         value[ks, ss] = v
         variance[ks, ss] = var
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -599,9 +602,6 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     seed = np.abs(first) > sigma
     flags, fk, fs = _grow(cand_k[seed], cand_s[seed], rho, usable, neighbours, grow_sigma, grow)
     refitted = np.zeros(cand_k.size, bool)
-    # where a refit leaned on neighbours the first prediction had set aside, that
-    # prediction is kept, as the replacement value too
-    held = np.zeros(y.shape, bool)
     last = None
     for _ in range(int(passes) - 1):
         if fk.size == 0:
@@ -648,14 +648,12 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         # ... and where the first prediction left out neighbours that sided with
         # the voxel, unflagged since (so back in the refit's basis), and the refit
         # finds less, the first verdict stands too
-        leaned = (_leaned_on(first_aside[at], flags, neighbours, bk, bs)
-                  & (np.abs(refit) < np.abs(first[at])) & (np.abs(first[at]) > strong)
-                  & ~spoiled)
-        held[bk[leaned], bs[leaned]] = True
-        vaguer |= leaned
+        vaguer |= (_leaned_on(first_aside[at], flags, neighbours, bk, bs)
+                   & (np.abs(refit) < np.abs(first[at])) & (np.abs(first[at]) > strong))
         vaguer &= ~spoiled
         value[bk[vaguer], bs[vaguer]] = first_value[at[vaguer]]
         variance[bk[vaguer], bs[vaguer]] = first_variance[at[vaguer]]
+        aside[bk[vaguer], bs[vaguer]] = first_aside[at[vaguer]]
         now, was = np.where(vaguer, first[at], refit), first[at]
         # ... nor where both find it the same way, the first beyond grow_sigma and
         # the later beyond _TAIL_CORE sigma (the first held the residual's tails)
@@ -681,15 +679,16 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         if tk.size == 0:
             break
         guard = _with_adjacent_planes(flags, fk, fs)
-        v, var = _predict(y, e, usable, neighbours, tk, ts,
-                          exclude=(outlying, guard), drop_adjacent=True,
-                          flagged=(flags, fk, fs), repaired_value=value, **common)
+        v, var, left_out = _predict(y, e, usable, neighbours, tk, ts,
+                                    exclude=(outlying, guard), drop_adjacent=True,
+                                    flagged=(flags, fk, fs), repaired_value=value,
+                                    return_aside=True, **common)
         # (where the guard leaves too few planes, without it)
         again = np.flatnonzero(~np.isfinite(v))
         if again.size:
-            v[again], var[again] = _predict(y, e, usable, neighbours, tk[again], ts[again],
-                                            exclude=(outlying, flags), flagged=(flags, fk, fs),
-                                            repaired_value=value, **common)
+            v[again], var[again], left_out[again] = _predict(
+                y, e, usable, neighbours, tk[again], ts[again], exclude=(outlying, flags),
+                flagged=(flags, fk, fs), repaired_value=value, return_aside=True, **common)
         faint = np.flatnonzero(~bright[tk, ts])
         if faint.size:
             v2 = np.empty(faint.size)
@@ -700,6 +699,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
                 better = var2 < var[faint]
             v[faint[better]] = v2[better]
             var[faint[better]] = var2[better]
+            left_out[faint[better]] = 0
         with np.errstate(invalid="ignore", divide="ignore"):
             z = (y[tk, ts] - v) / np.sqrt(e[tk, ts] ** 2 + var) / scale[tk]
             tail = np.isfinite(z) & (np.sign(z) == core_sign) & (np.abs(z) > sigma)
@@ -708,6 +708,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         nk, ns = tk[tail], ts[tail]
         flags[nk, ns] = True
         value[nk, ns], variance[nk, ns], rho[nk, ns] = v[tail], var[tail], z[tail]
+        aside[nk, ns] = left_out[tail]
         fk, fs = _true_positions(flags)
         # the next round refits only the unflagged tails the new flags reach (in
         # their spaxel or a neighbour, within the window and its guard): elsewhere
@@ -726,14 +727,16 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     # basis and window, and cleared where the refit finds nothing, unless the
     # refit is far vaguer than the fit it replaces (it could not confirm a hit).
     if fk.size:
-        _clear_echoes(fk, fs, flags, rho, value, variance, neighbours, sigma, fit)
+        _clear_echoes(fk, fs, flags, (rho, value, variance, aside), neighbours, sigma, fit)
         fk, fs = _true_positions(flags)
     # Replacement values: a flagged voxel on a bright spectrum is predicted once
     # more without the planes next to flags (unflagged tails of the same residual
     # would pull the prediction; a run of three flags has none left), where that
     # leaves enough planes.
+    # (not where the prediction left out neighbours that sided with the voxel: these
+    # fits would hold them again)
     on_bright = bright[fk, fs]
-    free = ~held[fk, fs]
+    free = aside[fk, fs] == 0
     ks, ss = fk[on_bright & free], fs[on_bright & free]
     if ks.size:
         v, var = _predict(y, e, usable, neighbours, ks, ss,
@@ -773,12 +776,14 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     return flags, RobustPrediction(value, variance, rho, scale)
 
 
-def _clear_echoes(fk, fs, flags, rho, value, variance, neighbours, sigma, fit):
+def _clear_echoes(fk, fs, flags, fitted, neighbours, sigma, fit):
     """Clear flags, beyond ``sigma`` on their own, that sit next to a flag of the
     opposite sign on the same plane and that a refit without the flags no longer
-    finds (``fit`` updates ``rho``, ``value`` and ``variance`` in place), unless the
-    refit is over ``_ECHO_VAGUER`` times vaguer than the fit it replaces. The flags
-    kept keep their verdict, prediction and variance."""
+    finds (``fit`` updates the arrays ``fitted``, that is ``rho``, ``value``,
+    ``variance`` and the neighbours left aside, in place), unless the refit is over
+    ``_ECHO_VAGUER`` times vaguer than the fit it replaces. The flags kept keep
+    their verdict, prediction, variance and neighbours left aside."""
+    rho, variance = fitted[0], fitted[2]
     nbs = neighbours[:, fs]
     at = fk[None], np.maximum(nbs, 0)
     opposite = ((nbs >= 0) & flags[at] & (np.sign(rho[at]) != np.sign(rho[fk, fs]))
@@ -786,13 +791,14 @@ def _clear_echoes(fk, fs, flags, rho, value, variance, neighbours, sigma, fit):
     if not opposite.any():
         return
     ek, es = fk[opposite], fs[opposite]
-    before = rho[ek, es].copy(), value[ek, es].copy(), variance[ek, es].copy()
+    before = [a[ek, es].copy() for a in fitted]
     fit(ek, es, (flags, fk, fs))
     with np.errstate(invalid="ignore"):
         clear = ~(np.abs(rho[ek, es]) > sigma) & ~(variance[ek, es] > _ECHO_VAGUER * before[2])
     flags[ek[clear], es[clear]] = False
     kk, ks = ek[~clear], es[~clear]
-    rho[kk, ks], value[kk, ks], variance[kk, ks] = (old[~clear] for old in before)
+    for a, old in zip(fitted, before, strict=True):
+        a[kk, ks] = old[~clear]
 
 
 def _true_positions(mask):

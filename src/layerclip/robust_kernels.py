@@ -308,7 +308,7 @@ def _without_siding_neighbours(x, value0, variance0, wv, given, weight, n_val, d
                                n_use, nb_err, x_before, x_after, candidate_sigma, basis,
                                length, centre, rank, e2, model_error, side, kept, extrapolating,
                                bump, cand, lev, keep, deviation, buf, chol, inv, coef, resid,
-                               scratch):
+                               scratch, only_extrapolating):
     """The joint fit without the neighbours whose single fits side with the voxel.
 
     A residual spread over the voxel and two or three of its neighbours puts itself
@@ -331,7 +331,8 @@ def _without_siding_neighbours(x, value0, variance0, wv, given, weight, n_val, d
     planes leaves tails on both sides). The result is returned if it agrees with
     that median and is more precise than the first prediction (``value0``,
     ``variance0``), or the first prediction does not agree with it; otherwise NaN.
-    ``n_val`` and ``basis`` are overwritten.
+    With ``only_extrapolating`` (a refit), only the neighbours that extrapolate
+    may side. ``n_val`` and ``basis`` are overwritten.
     """
     _gradients(n_val, length, deriv)
     _without_sides(given, weight, length, centre)
@@ -364,7 +365,8 @@ def _without_siding_neighbours(x, value0, variance0, wv, given, weight, n_val, d
         extrapolating[q] = inner and (not peaked or bump[q] <= own_bump)
     n_side = 0
     for q in range(8):
-        side[q] = (use[q] and (keep[q] or extrapolating[q])
+        side[q] = (use[q] and (keep[q] and not only_extrapolating
+                               or not keep[q] and extrapolating[q])
                    and (cand[q] - median) * sg > bound)
         n_side += side[q]
     # measured from the median of the others, more may side with the voxel: two
@@ -379,7 +381,9 @@ def _without_siding_neighbours(x, value0, variance0, wv, given, weight, n_val, d
         rest = _finite_median(cand, kept, buf)
         added = 0
         for q in range(8):
-            if (use[q] and (keep[q] or extrapolating[q]) and not side[q]
+            if (use[q] and (keep[q] and not only_extrapolating
+                            or not keep[q] and extrapolating[q])
+                    and not side[q]
                     and (cand[q] - rest) * sg > bound):
                 side[q] = True
                 added += 1
@@ -725,10 +729,12 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
             if variance3 < variance and (not on_bright or adjacent > _TAIL_SIGMA or tainted):
                 value = value3
                 variance = variance3
-        if not quiet and not any_repaired and n_use > 3 and variance > _VAGUE * e2:
+        if not quiet and (not any_repaired or not on_bright) and n_use > 3 \
+                and variance > _VAGUE * e2:
             # (4) a vague first prediction: the same fits without the neighbours
             # that side with the voxel, taken where the others' single fits
-            # confirm it (see _without_siding_neighbours)
+            # confirm it (see _without_siding_neighbours); in a refit on a faint
+            # spectrum, without those that extrapolate only
             for q in range(8):
                 nb_err[q] = e[k, neighbours[q, s]] if use[q] else np.nan
             # (the voxel's own values on the planes either side, NaN where unusable)
@@ -738,7 +744,7 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                 y[k, s], value, variance, wv, given, weight3, n_val, deriv, use, n_use, nb_err,
                 x_before, x_after, candidate_sigma, basis, length, centre, rank, e2,
                 model_error, side, kept, extrapolating, bump, cand, lev, keep, deviation, buf,
-                chol, inv, coef, resid, scratch)
+                chol, inv, coef, resid, scratch, any_repaired)
             if np.isfinite(value4):
                 value = value4
                 variance = variance4
