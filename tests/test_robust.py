@@ -97,9 +97,11 @@ def test_artifacts_found_and_replaced(arc):
         if result.flags[vox]:
             caught += 1
             assert abs(result.sci[vox] - arc.clean[vox]) < 10 * arc.err[vox]
-    # all but two: the 74- and 47-sigma hits on the line (S/N 12-20), spread over
-    # 3-4 spaxels, are missed today (see the xfail test below)
-    assert caught >= len(strong) - 2
+    # all but one: the -47-sigma hit on the line (S/N 20), spread over three
+    # spaxels and three planes, is missed today (see the xfail test below; the
+    # 74-sigma hit over four spaxels at S/N 12 is caught since extrapolating
+    # neighbours may side with the voxel)
+    assert caught >= len(strong) - 1
     assert (result.flags & ~arc.artifact_mask).sum() <= 3
 
 
