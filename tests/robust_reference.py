@@ -248,10 +248,10 @@ def _without_siding_neighbours(w_val, given, n_val, use, centre_at, rank, e2, x,
             sg * n_val[rows, np.clip(centre_at - 1, 0, length - 1)],
             sg * n_val[rows, np.clip(centre_at + 1, 0, length - 1)])
         peaked = (keep & (bump > candidate_sigma * nb_err)).any(axis=1)
-        # (or, where one does, one whose own peak here is no higher than the voxel's)
+        # (or, where one does, one whose own peak here is at most twice the voxel's)
         own_bump = sg[:, 0] * x - np.maximum(sg[:, 0] * x_before, sg[:, 0] * x_after)
         own_bump = np.where(np.isfinite(own_bump), own_bump, -np.inf)
-        extra = ~keep & inner[:, None] & (~peaked[:, None] | (bump <= own_bump[:, None]))
+        extra = ~keep & inner[:, None] & (~peaked[:, None] | (bump <= 2.0 * own_bump[:, None]))
         within = extra | (keep & (not only_extrapolating))
         side = use & within & (
             (cand - median[:, None]) * np.sign(step)[:, None] > bound[:, None])

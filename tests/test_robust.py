@@ -342,6 +342,21 @@ def test_residual_over_four_spaxels_of_one_plane_on_a_narrow_line_is_caught():
     assert np.all(np.abs(result.sci[voxels] - cube.clean[voxels]) < 10 * cube.err[voxels])
 
 
+def test_every_spaxel_of_a_residual_on_a_narrow_lines_peak_is_caught():
+    # The same 426-sigma residual over three planes of four spaxels as above. Once
+    # its peak is flagged, a hit neighbour of it (148 sigma at the line's peak)
+    # has two more hit neighbours in its basis, which extrapolate; but the line
+    # peaks on that plane in the other neighbours too, so only those whose own
+    # peak there is at most twice the voxel's may side with it (one of them peaks
+    # 103 ERR over its sides, the voxel 97).
+    cube = benchmark_cube("arc", seed=5, line_sigma_kms=60.0)
+    art = next(a for a in cube.artifacts if 400 < a.peak_sigma < 450)
+    result = clip_target(cube)
+    voxels = art.planes, art.ys, art.xs
+    assert result.flags[voxels].all()
+    assert np.all(np.abs(result.sci[voxels] - cube.clean[voxels]) < 10 * cube.err[voxels])
+
+
 def test_tail_of_a_residual_over_several_spaxels_is_caught():
     # A 2518-sigma residual over three spaxels and two planes of a narrow line
     # (S/N 100 at its peak plane, 8-16 on the next). On the second plane the

@@ -80,19 +80,20 @@ wider interval. Three safeguards keep one residual from faking the prediction:
   one stays within reach of it; a neighbour whose single fit extrapolates, its
   value on plane ``k`` far outside its range over the window, may side too: a
   residual of its own, unless another neighbour peaks on plane ``k`` beyond
-  ``candidate_sigma`` and this one peaks there higher than the voxel, as the
-  neighbours towards a point source's peak do on its wing when the line is
-  narrower than the planes beside ``k``). Where the voxel is beyond 3 sigma of that median and such
-  neighbours are a minority, the fits are made again without them (the one without
-  the planes next to ``k`` where it predicts one of those planes or agrees with the
-  median of the other neighbours' single fits: a basis that cannot follow a sharp
-  core misses both planes, and so do a residual's tails when it spans three, but
-  only then do the others confirm it), and the result is taken where it agrees with
-  that median and is the more precise, or where the first prediction does not
-  agree with it (the siding neighbours had spoiled it). The step belongs to the
-  first predictions; a refit on a faint spectrum takes it too, but with only the
-  extrapolating neighbours as candidates for siding (a residual over several
-  spaxels of one plane leaves the others hit, out of their range, in the basis).
+  ``candidate_sigma`` and this one peaks there over twice as high as the voxel,
+  as the neighbours towards a point source's peak do on its wing when the line
+  is narrower than the planes beside ``k``). Where the voxel is beyond 3 sigma of
+  that median and such neighbours are a minority, the fits are made again without
+  them (the one without the planes next to ``k`` where it predicts one of those
+  planes or agrees with the median of the other neighbours' single fits: a basis
+  that cannot follow a sharp core misses both planes, and so do a residual's tails
+  when it spans three, but only then do the others confirm it), and the result is
+  taken where it agrees with that median and is the more precise, or where the
+  first prediction does not agree with it (the siding neighbours had spoiled it).
+  The step belongs to the first predictions; a refit on a faint spectrum takes it
+  too, but with only the extrapolating neighbours as candidates for siding (a
+  residual over several spaxels of one plane leaves the others hit, out of their
+  range, in the basis).
 
 The normalised residual is ``z = (x - p) / sqrt(ERR^2 + var(p)) / scale``, and a
 voxel is flagged when ``|z| > sigma``; where no fit was made the screen's ``r``

@@ -321,9 +321,10 @@ def _without_siding_neighbours(x, value0, variance0, wv, given, weight, n_val, d
     outside their range over the window; but so does a line narrower than the
     planes beside the centre, so where another neighbour peaks at the centre
     beyond ``candidate_sigma`` times its ERR (``nb_err``), only those whose peak
-    there is no higher than the voxel's, from its values ``x_before`` and
-    ``x_after`` on the planes either side: on a point source's wing the
-    neighbours towards the peak are higher). When the median sits beyond
+    there is at most twice the voxel's, from its values ``x_before`` and
+    ``x_after`` on the planes either side: a residual's spread is about as high
+    in the neighbours it hits, while on a point source's wing the neighbours
+    towards the peak are many times higher). When the median sits beyond
     ``_DISSENT_SIGMA`` from ``x`` and such neighbours are a minority, the fits are
     made again without them (the one without the planes next to the centre where
     the first misses one of them and it either predicts the other or agrees with
@@ -345,8 +346,8 @@ def _without_siding_neighbours(x, value0, variance0, wv, given, weight, n_val, d
     # neighbours left out of the median because they extrapolate (their value here
     # far outside their range over the window) may side too: a residual of their
     # own, or a line narrower than the planes beside this one, which then peaks
-    # here in the others too (fainter), and higher than the voxel in the
-    # neighbours towards a point source's peak
+    # here in the others too (fainter), and many times higher than the voxel in
+    # the neighbours towards a point source's peak
     sg = np.sign(step)
     inner = 0 < centre < length - 1
     peaked = not inner
@@ -361,8 +362,8 @@ def _without_siding_neighbours(x, value0, variance0, wv, given, weight, n_val, d
         own_bump = sg * x - max(sg * x_before, sg * x_after)
     for q in range(8):
         # (an extrapolating neighbour may side where no other neighbour peaks on
-        # this plane, or where its own peak here is no higher than the voxel's)
-        extrapolating[q] = inner and (not peaked or bump[q] <= own_bump)
+        # this plane, or where its own peak here is at most twice the voxel's)
+        extrapolating[q] = inner and (not peaked or bump[q] <= 2.0 * own_bump)
     n_side = 0
     for q in range(8):
         side[q] = (use[q] and (keep[q] and not only_extrapolating
