@@ -137,9 +137,10 @@ first pass found the voxel beyond ``grow_sigma`` and the refit beyond ``2 sigma`
 both the same way (the first fit held the residual's tails in its window and saw
 it weaker: they agree on a hit). Conversely, where the first prediction left out
 neighbours whose single fits sided with the voxel (the vague-prediction step, which
-runs in the first pass only) and a refit, holding those again while they are
-unflagged, finds less than a first verdict beyond ``2 sigma``, the first verdict
-stands, and its prediction is kept as the replacement value. "Bright" here
+in a refit only faint spectra take, and then only for extrapolating neighbours)
+and a refit, holding those again while they are unflagged, finds less than a
+first verdict beyond ``2 sigma``, the first verdict stands, and its prediction is
+kept as the replacement value. "Bright" here
 also covers a voxel whose first prediction exceeds ``bright_snr`` x ERR: the peak of
 a narrow line rises from a faint baseline.
 
@@ -647,9 +648,9 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         spoiled = shared.any(axis=0) & ((np.sign(refit) != np.sign(first[at]))
                                         | (np.abs(refit) > np.abs(first[at])))
         # ... and where the first prediction left out neighbours that sided with
-        # the voxel, unflagged since (so back in the refit's basis), and the refit
-        # finds less, the first verdict stands too
-        vaguer |= (_leaned_on(first_aside[at], flags, neighbours, bk, bs)
+        # the voxel, unflagged since and not left out by the refit (so back in its
+        # basis), and the refit finds less, the first verdict stands too
+        vaguer |= (_leaned_on(first_aside[at] & ~aside[bk, bs], flags, neighbours, bk, bs)
                    & (np.abs(refit) < np.abs(first[at])) & (np.abs(first[at]) > strong))
         vaguer &= ~spoiled
         value[bk[vaguer], bs[vaguer]] = first_value[at[vaguer]]
