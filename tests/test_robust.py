@@ -105,8 +105,9 @@ def test_artifacts_found_and_replaced(arc):
     assert (result.flags & ~arc.artifact_mask).sum() <= 3
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation: on a faint line every neighbour "
-                   "stands out, so the ones sharing a residual are not left out of the basis")
+@pytest.mark.xfail(strict=True, reason="known limitation: a -47-sigma dip over three planes "
+                   "of three spaxels of a faint line; without the hit neighbour the fit still "
+                   "holds the dip's other planes in its window")
 def test_residual_shared_by_neighbours_on_a_faint_line_is_caught(arc):
     k, _, _ = _line_peak(arc)
     result = clip_cube(arc.sci, arc.err, _layer_map(arc, k))
