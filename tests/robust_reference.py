@@ -193,18 +193,19 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
         # (4) a vague first prediction: the fits again without the neighbours whose
         # single-neighbour fits side with the voxel
         at = np.flatnonzero(vague)
-        # (the voxel's own values on the planes either side, NaN where unusable; in
-        # a first pass the template is the flux)
+        # (the voxel's own values on the planes either side, unrepaired; NaN where
+        # unusable)
         raw_y, raw_ok = raw
         x_side = []
         for step_k in (-1, 1):
-            kc = np.clip(ks + step_k, 0, n_planes - 1)
-            ok_side = (ks + step_k >= 0) & (ks + step_k < n_planes) & raw_ok[kc, ss]
-            x_side.append(np.where(ok_side, raw_y[kc, ss], np.nan))
+            kn = ks[at] + step_k
+            kc = np.clip(kn, 0, n_planes - 1)
+            ok_side = (kn >= 0) & (kn < n_planes) & raw_ok[kc, ss[at]]
+            x_side.append(np.where(ok_side, raw_y[kc, ss[at]], np.nan))
         value4, variance4, side = _without_siding_neighbours(
             w_val[at], given[at], n_val[at], use[at], centre_at[at], rank[at], e2[at],
             y[ks[at], ss[at]], model_error, value[at], variance[at],
-            e[ks[at, None], nbc[at]], x_side[0][at], x_side[1][at], candidate_sigma,
+            e[ks[at, None], nbc[at]], x_side[0], x_side[1], candidate_sigma,
             not first_pass)
         better = np.isfinite(value4)
         value[at[better]] = value4[better]
@@ -253,15 +254,14 @@ def _without_siding_neighbours(w_val, given, n_val, use, centre_at, rank, e2, x,
         own_bump = np.where(np.isfinite(own_bump), own_bump, -np.inf)
         extra = ~keep & inner[:, None] & (~peaked[:, None] | (bump <= 2.0 * own_bump[:, None]))
         within = extra | (keep & (not only_extrapolating))
-        side = use & within & (
-            (cand - median[:, None]) * np.sign(step)[:, None] > bound[:, None])
+        side = use & within & ((cand - median[:, None]) * sg > bound[:, None])
         # the median without them may show more (a hit neighbour the others' median
         # half hid), up to _SIDING_ROUNDS times
         for _ in range(_SIDING_ROUNDS):
             some = side.any(axis=1)
             rest = _nanmedian_rows(np.where(keep & ~side, cand, np.nan))
             side |= (some[:, None] & use & within & ~side
-                     & ((cand - rest[:, None]) * np.sign(step)[:, None] > bound[:, None]))
+                     & ((cand - rest[:, None]) * sg > bound[:, None]))
     n_side = side.sum(axis=1)
     go &= (n_side > 0) & (2 * n_side < use.sum(axis=1))
     n_val = np.where(side[:, None, :], 0.0, n_val)

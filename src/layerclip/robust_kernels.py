@@ -306,7 +306,7 @@ def _predicts_a_side(basis, wv, given, length, centre, chol, coef, tmp):
 @njit(**_JIT)
 def _without_siding_neighbours(x, value0, variance0, wv, given, weight, n_val, deriv, use,
                                n_use, nb_err, x_before, x_after, candidate_sigma, basis,
-                               length, centre, rank, e2, model_error, side, kept, extrapolating,
+                               length, centre, rank, e2, model_error, side, kept, eligible,
                                bump, cand, lev, keep, deviation, buf, chol, inv, coef, resid,
                                scratch, only_extrapolating):
     """The joint fit without the neighbours whose single fits side with the voxel.
@@ -361,14 +361,16 @@ def _without_siding_neighbours(x, value0, variance0, wv, given, weight, n_val, d
     if np.isfinite(x_before) and np.isfinite(x_after):
         own_bump = sg * x - max(sg * x_before, sg * x_after)
     for q in range(8):
-        # (an extrapolating neighbour may side where no other neighbour peaks on
-        # this plane, or where its own peak here is at most twice the voxel's)
-        extrapolating[q] = inner and (not peaked or bump[q] <= 2.0 * own_bump)
+        # which neighbours may side: those in the median (not in a refit), and an
+        # extrapolating one where no other neighbour peaks on this plane, or where
+        # its own peak here is at most twice the voxel's
+        if keep[q]:
+            eligible[q] = not only_extrapolating
+        else:
+            eligible[q] = use[q] and inner and (not peaked or bump[q] <= 2.0 * own_bump)
     n_side = 0
     for q in range(8):
-        side[q] = (use[q] and (keep[q] and not only_extrapolating
-                               or not keep[q] and extrapolating[q])
-                   and (cand[q] - median) * sg > bound)
+        side[q] = eligible[q] and (cand[q] - median) * sg > bound
         n_side += side[q]
     # measured from the median of the others, more may side with the voxel: two
     # strongly hit neighbours pull the median of all towards the voxel, and a
@@ -382,10 +384,7 @@ def _without_siding_neighbours(x, value0, variance0, wv, given, weight, n_val, d
         rest = _finite_median(cand, kept, buf)
         added = 0
         for q in range(8):
-            if (use[q] and (keep[q] and not only_extrapolating
-                            or not keep[q] and extrapolating[q])
-                    and not side[q]
-                    and (cand[q] - rest) * sg > bound):
+            if eligible[q] and not side[q] and (cand[q] - rest) * sg > bound:
                 side[q] = True
                 added += 1
         if added == 0:
@@ -585,7 +584,7 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
     kept = np.empty(8, np.bool_)
     deviation = np.empty(8)
     nb_err = np.empty(8)
-    extrapolating = np.empty(8, np.bool_)
+    eligible = np.empty(8, np.bool_)
     bump = np.empty(8)
     buf = np.empty(max(length, 8))
     chol = np.empty((_N_BASIS, _N_BASIS))
@@ -744,7 +743,7 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
             value4, variance4 = _without_siding_neighbours(
                 y[k, s], value, variance, wv, given, weight3, n_val, deriv, use, n_use, nb_err,
                 x_before, x_after, candidate_sigma, basis, length, centre, rank, e2,
-                model_error, side, kept, extrapolating, bump, cand, lev, keep, deviation, buf,
+                model_error, side, kept, eligible, bump, cand, lev, keep, deviation, buf,
                 chol, inv, coef, resid, scratch, any_repaired)
             if np.isfinite(value4):
                 value = value4
