@@ -12,6 +12,7 @@ from layerclip.robust import (
     _guard_short_runs,
     _predict,
     _screen,
+    compact_planes,
     masked_median,
     neighbour_table,
 )
@@ -675,6 +676,17 @@ def test_masked_median_matches_numpy(rng):
             assert got[j] == pytest.approx(np.median(values[valid[:, j], j]))
         else:
             assert np.isnan(got[j])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compact_planes_matches_numpy(rng, dtype):
+    planes = rng.normal(size=(6, 40)).astype(dtype)
+    planes[2, 5] = np.nan
+    planes[3, 7] = np.inf
+    index = np.array([0, 5, 7, 8, 39])
+    got = compact_planes(planes[1:5], index)
+    assert got.dtype == np.float64 and got.shape == (4, 5)
+    np.testing.assert_array_equal(got, np.take(planes[1:5], index, axis=1).astype(float))
 
 
 def test_artifact_dataclass_still_used():

@@ -10,7 +10,7 @@ from .errors import CubeFormatError, OptionError
 from .layers import EXCLUDED, validate_layer_map
 from .paper import clip_block_paper
 from .robust import DEFAULTS as ROBUST_DEFAULTS
-from .robust import clip_block_robust, masked_median, neighbour_table, robust_halo
+from .robust import clip_block_robust, compact_planes, masked_median, neighbour_table, robust_halo
 
 __all__ = ["ClipResult", "clip_cube", "halo_planes", "METHODS", "REPLACE"]
 
@@ -229,9 +229,14 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
     for start in range(0, nw, step):
         stop = min(start + step, nw)
         lo, hi = max(0, start - halo), min(nw, stop + halo)
-        # read the input, not the output (earlier blocks replaced voxels in the halo)
-        y = np.take(sci.reshape(nw, ny * nx)[lo:hi], index, axis=1)
-        e = np.take(err.reshape(nw, ny * nx)[lo:hi], index, axis=1)
+        # read the input, not the output (earlier blocks replaced voxels in the halo);
+        # robust mode works in float64
+        if method == "paper":
+            y = np.take(sci.reshape(nw, ny * nx)[lo:hi], index, axis=1)
+            e = np.take(err.reshape(nw, ny * nx)[lo:hi], index, axis=1)
+        else:
+            y = compact_planes(sci.reshape(nw, ny * nx)[lo:hi], index)
+            e = compact_planes(err.reshape(nw, ny * nx)[lo:hi], index)
         bad = ~np.isfinite(y)
         if excluded is not None:
             bad |= np.asarray(excluded[lo:hi], dtype=bool).reshape(hi - lo, -1)[:, index]
@@ -244,8 +249,6 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
                                  maxiters=maxiters)
             del bad
         else:
-            y = y.astype(float)
-            e = e.astype(float)
             usable = ~bad & np.isfinite(e) & (e > 0)
             del bad
             f, pred = clip_block_robust(y, e, usable, neighbours, sky=labels == 0,

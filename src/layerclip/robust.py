@@ -201,6 +201,7 @@ from scipy import ndimage
 
 from .robust_kernels import (
     count_unusable,
+    gather_columns,
     grow_flags,
     near_flags,
     neighbour_ceiling,
@@ -301,6 +302,14 @@ def neighbour_table(layer_map):
         inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
         neighbours[i, inside] = position[yy[inside] * nx + xx[inside]]
     return index, neighbours
+
+
+def compact_planes(planes, index):
+    """The spaxels ``index`` of ``planes`` (shape (n_planes, ny * nx)) as float64,
+    shape (n_planes, len(index)): the compact layout robust mode works in."""
+    out = np.empty((planes.shape[0], index.size))
+    gather_columns(np.asarray(planes), np.ascontiguousarray(index, np.int64), out)
+    return out
 
 
 class RobustPrediction:

@@ -172,18 +172,65 @@ def _fit_window(basis, wv, weight, length, centre, rank, e2, model_error, chol, 
     n_fit = 0
     chi2 = 0.0
     for attempt in range(2):
-        for a in range(_N_BASIS):
-            for b in range(a + 1):
-                chol[a, b] = 0.0
-            coef[a] = 0.0
+        # the normal equations, summed in locals (held in registers: summed into
+        # ``chol`` itself, every term was a load and a store)
+        n00 = n10 = n11 = n20 = n21 = n22 = n30 = n31 = n32 = n33 = 0.0
+        n40 = n41 = n42 = n43 = n44 = 0.0
+        r0 = r1 = r2 = r3 = r4 = 0.0
         for j in range(length):
             w = weight[j]
             if w > 0.0:
-                for a in range(_N_BASIS):
-                    wa = w * basis[j, a]
-                    coef[a] += wa * wv[j]
-                    for b in range(a + 1):
-                        chol[a, b] += wa * basis[j, b]
+                b0 = basis[j, 0]
+                b1 = basis[j, 1]
+                b2 = basis[j, 2]
+                b3 = basis[j, 3]
+                b4 = basis[j, 4]
+                v = wv[j]
+                wa = w * b0
+                r0 += wa * v
+                n00 += wa * b0
+                wa = w * b1
+                r1 += wa * v
+                n10 += wa * b0
+                n11 += wa * b1
+                wa = w * b2
+                r2 += wa * v
+                n20 += wa * b0
+                n21 += wa * b1
+                n22 += wa * b2
+                wa = w * b3
+                r3 += wa * v
+                n30 += wa * b0
+                n31 += wa * b1
+                n32 += wa * b2
+                n33 += wa * b3
+                wa = w * b4
+                r4 += wa * v
+                n40 += wa * b0
+                n41 += wa * b1
+                n42 += wa * b2
+                n43 += wa * b3
+                n44 += wa * b4
+        chol[0, 0] = n00
+        chol[1, 0] = n10
+        chol[1, 1] = n11
+        chol[2, 0] = n20
+        chol[2, 1] = n21
+        chol[2, 2] = n22
+        chol[3, 0] = n30
+        chol[3, 1] = n31
+        chol[3, 2] = n32
+        chol[3, 3] = n33
+        chol[4, 0] = n40
+        chol[4, 1] = n41
+        chol[4, 2] = n42
+        chol[4, 3] = n43
+        chol[4, 4] = n44
+        coef[0] = r0
+        coef[1] = r1
+        coef[2] = r2
+        coef[3] = r3
+        coef[4] = r4
         trace = 0.0
         for a in range(_N_BASIS):
             trace += chol[a, a]
@@ -241,16 +288,21 @@ def _fit_window(basis, wv, weight, length, centre, rank, e2, model_error, chol, 
     _inverse_from_cholesky(chol, inv, _N_BASIS)
     press_sum = 0.0
     near_max = 0.0
+    for a in range(_N_BASIS):
+        for b in range(a):
+            inv[a, b] *= 2.0
     for j in range(length):
         if weight[j] > 0.0:
             quad = 0.0
             for a in range(_N_BASIS):
                 ba = basis[j, a]
-                quad += ba * ba * inv[a, a]
+                row = ba * inv[a, a]
                 for b in range(a):
-                    quad += 2.0 * ba * basis[j, b] * inv[a, b]
+                    row += basis[j, b] * inv[a, b]
+                quad += ba * row
             hat = weight[j] * quad
-            press = weight[j] * resid[j] * resid[j] / max(1.0 - hat, 0.05) ** 2
+            d = max(1.0 - hat, 0.05)
+            press = weight[j] * resid[j] * resid[j] / (d * d)
             press_sum += press
             if abs(j - centre) <= _NEAR_PLANES and press > near_max:
                 near_max = press
@@ -304,8 +356,8 @@ def _predicts_a_side(basis, wv, given, length, centre, chol, coef, tmp):
 
 
 @njit(**_JIT)
-def _without_siding_neighbours(x, value0, variance0, wv, given, weight, n_val, deriv, use,
-                               n_use, nb_err, x_before, x_after, candidate_sigma, basis,
+def _without_siding_neighbours(x, median, value0, variance0, wv, given, weight, n_val, deriv,
+                               use, n_use, nb_err, x_before, x_after, candidate_sigma, basis,
                                length, centre, rank, e2, model_error, side, kept, eligible,
                                bump, cand, lev, keep, deviation, buf, chol, inv, coef, resid,
                                scratch, only_extrapolating):
@@ -324,24 +376,19 @@ def _without_siding_neighbours(x, value0, variance0, wv, given, weight, n_val, d
     there is at most twice the voxel's, from its values ``x_before`` and
     ``x_after`` on the planes either side: a residual's spread is about as high
     in the neighbours it hits, while on a point source's wing the neighbours
-    towards the peak are many times higher). When the median sits beyond
-    ``_DISSENT_SIGMA`` from ``x`` and such neighbours are a minority, the fits are
-    made again without them (the one without the planes next to the centre where
+    towards the peak are many times higher). The caller has found ``median`` (with
+    ``cand``, ``lev`` and ``keep`` filled and ``deriv`` the window's gradients) to
+    sit beyond ``_DISSENT_SIGMA`` from ``x``; where such neighbours are a minority,
+    the fits are made again without them (the one without the planes next to the centre where
     the first misses one of them and it either predicts the other or agrees with
     the median of the remaining neighbours' single fits: a residual over three
     planes leaves tails on both sides). The result is returned if it agrees with
     that median and is more precise than the first prediction (``value0``,
     ``variance0``), or the first prediction does not agree with it; otherwise NaN.
     With ``only_extrapolating`` (a refit), only the neighbours that extrapolate
-    may side. ``n_val`` and ``basis`` are overwritten.
+    may side. ``n_val``, ``basis`` and ``weight`` are overwritten.
     """
-    _gradients(n_val, length, deriv)
-    _without_sides(given, weight, length, centre)
-    median, median_var = _median_of_neighbours(wv, weight, n_val, deriv, use, length, centre,
-                                               cand, lev, keep, deviation, buf)
     step = x - median
-    if not abs(step) > _DISSENT_SIGMA * np.sqrt(e2 + median_var):
-        return np.nan, np.nan
     bound = _SIDING * np.sqrt(_finite_median(lev, keep, buf))
     # neighbours left out of the median because they extrapolate (their value here
     # far outside their range over the window) may side too: a residual of their
@@ -735,16 +782,26 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
             # that side with the voxel, taken where the others' single fits
             # confirm it (see _without_siding_neighbours); in a refit on a faint
             # spectrum, without those that extrapolate only
-            for q in range(8):
-                nb_err[q] = e[k, neighbours[q, s]] if use[q] else np.nan
-            # (the voxel's own values on the planes either side, NaN where unusable)
-            x_before = y[k - 1, s] if k > 0 and usable[k - 1, s] else np.nan
-            x_after = y[k + 1, s] if k < n_planes - 1 and usable[k + 1, s] else np.nan
-            value4, variance4 = _without_siding_neighbours(
-                y[k, s], value, variance, wv, given, weight3, n_val, deriv, use, n_use, nb_err,
-                x_before, x_after, candidate_sigma, basis, length, centre, rank, e2,
-                model_error, side, kept, eligible, bump, cand, lev, keep, deviation, buf,
-                chol, inv, coef, resid, scratch, any_repaired)
+            # (the dissent test is made here: most vague predictions stop at it,
+            # and the call, with its many arrays, took a fifth of the first fits'
+            # time)
+            _gradients(n_val, length, deriv)
+            _without_sides(given, weight3, length, centre)
+            median, median_var = _median_of_neighbours(wv, weight3, n_val, deriv, use,
+                                                       length, centre, cand, lev, keep,
+                                                       deviation, buf)
+            value4 = variance4 = np.nan
+            if abs(y[k, s] - median) > _DISSENT_SIGMA * np.sqrt(e2 + median_var):
+                for q in range(8):
+                    nb_err[q] = e[k, neighbours[q, s]] if use[q] else np.nan
+                # (the voxel's own values on the planes either side, NaN where unusable)
+                x_before = y[k - 1, s] if k > 0 and usable[k - 1, s] else np.nan
+                x_after = y[k + 1, s] if k < n_planes - 1 and usable[k + 1, s] else np.nan
+                value4, variance4 = _without_siding_neighbours(
+                    y[k, s], median, value, variance, wv, given, weight3, n_val, deriv, use,
+                    n_use, nb_err, x_before, x_after, candidate_sigma, basis, length, centre,
+                    rank, e2, model_error, side, kept, eligible, bump, cand, lev, keep,
+                    deviation, buf, chol, inv, coef, resid, scratch, any_repaired)
             if np.isfinite(value4):
                 value = value4
                 variance = variance4
@@ -765,6 +822,18 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
         value_out[i] = value
         variance_out[i] = variance
         aside_out[i] = aside
+
+
+@njit(**_JIT)
+def gather_columns(planes, index, out):
+    """``out[k, i] = planes[k, index[i]]``, converted to ``out``'s dtype.
+
+    A block's spaxels, compacted and cast in one pass (``np.take`` then
+    ``astype`` makes two, and takes twice as long).
+    """
+    for k in range(out.shape[0]):
+        for i in range(index.size):
+            out[k, i] = planes[k, index[i]]
 
 
 @njit(**_JIT)
