@@ -359,8 +359,8 @@ def _predicts_a_side(basis, wv, given, length, centre, chol, coef, tmp):
 def _without_siding_neighbours(x, median, value0, variance0, wv, given, weight, n_val, deriv,
                                use, n_use, nb_err, x_before, x_after, candidate_sigma, basis,
                                length, centre, rank, e2, model_error, side, kept, eligible,
-                               bump, cand, lev, keep, deviation, buf, chol, inv, coef, resid,
-                               scratch, only_extrapolating):
+                               bump, cand, lev, keep, deviation, buf, sums, chol, inv, coef,
+                               resid, scratch, only_extrapolating):
     """The joint fit without the neighbours whose single fits side with the voxel.
 
     A residual spread over the voxel and two or three of its neighbours puts itself
@@ -458,7 +458,7 @@ def _without_siding_neighbours(x, median, value0, variance0, wv, given, weight, 
     for q in range(8):
         kept[q] = use[q] and not side[q]
     rest, rest_var = _median_of_neighbours(wv, weight, n_val, deriv, kept, length, centre,
-                                           cand, lev, keep, deviation, buf)
+                                           cand, lev, keep, deviation, buf, sums)
     # (where it misses both planes next to the voxel, it is taken only if the
     # other neighbours' single fits agree: a residual over three planes, not a
     # sharp core the basis cannot follow)
@@ -476,7 +476,7 @@ def _without_siding_neighbours(x, median, value0, variance0, wv, given, weight, 
 
 @njit(**_JIT)
 def _median_of_neighbours(wv, weight, n_val, deriv, use, length, centre, cand, lev, keep,
-                          deviation, buf):
+                          deviation, buf, sums):
     """Median over neighbours of the fits ``b + a n + c n'`` at the centre, and its variance.
 
     ``weight`` leaves out the centre and the planes next to it; ``deriv`` is each
@@ -485,14 +485,32 @@ def _median_of_neighbours(wv, weight, n_val, deriv, use, length, centre, cand, l
     where fewer than three take part.
     """
     # normal equations of the fits (sums over the window), inverted by cofactors;
-    # the sums of the constant term are the same for every neighbour
+    # the sums of the constant term are the same for every neighbour, the others
+    # are summed for all eight at once (``sums[:, q]``: a loop over neighbours
+    # inside the one over planes runs on vectors)
     sum_w = 0.0
     sum_wy = 0.0
+    for r in range(7):
+        for q in range(8):
+            sums[r, q] = 0.0
     for j in range(length):
         w = weight[j]
         if w > 0.0:
             sum_w += w
-            sum_wy += w * wv[j]
+            y_j = wv[j]
+            sum_wy += w * y_j
+            for q in range(8):
+                n = n_val[j, q]
+                d = deriv[j, q]
+                wn = w * n
+                wd = w * d
+                sums[0, q] += wn
+                sums[1, q] += wd
+                sums[2, q] += wn * n
+                sums[3, q] += wn * d
+                sums[4, q] += wd * d
+                sums[5, q] += wn * y_j
+                sums[6, q] += wd * y_j
     for q in range(8):
         cand[q] = np.nan
         lev[q] = np.nan
@@ -500,22 +518,13 @@ def _median_of_neighbours(wv, weight, n_val, deriv, use, length, centre, cand, l
             continue
         a00 = sum_w
         r0 = sum_wy
-        a01 = a02 = a11 = a12 = a22 = 0.0
-        r1 = r2 = 0.0
-        for j in range(length):
-            w = weight[j]
-            if w > 0.0:
-                n = n_val[j, q]
-                d = deriv[j, q]
-                wn = w * n
-                wd = w * d
-                a01 += wn
-                a02 += wd
-                a11 += wn * n
-                a12 += wn * d
-                a22 += wd * d
-                r1 += wn * wv[j]
-                r2 += wd * wv[j]
+        a01 = sums[0, q]
+        a02 = sums[1, q]
+        a11 = sums[2, q]
+        a12 = sums[3, q]
+        a22 = sums[4, q]
+        r1 = sums[5, q]
+        r2 = sums[6, q]
         ridge = 1e-10 * (a00 + a11 + a22) + 1e-300
         a00 += ridge
         a11 += ridge
@@ -630,6 +639,7 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
     side = np.empty(8, np.bool_)
     kept = np.empty(8, np.bool_)
     deviation = np.empty(8)
+    sums = np.empty((7, 8))
     nb_err = np.empty(8)
     eligible = np.empty(8, np.bool_)
     bump = np.empty(8)
@@ -789,7 +799,7 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
             _without_sides(given, weight3, length, centre)
             median, median_var = _median_of_neighbours(wv, weight3, n_val, deriv, use,
                                                        length, centre, cand, lev, keep,
-                                                       deviation, buf)
+                                                       deviation, buf, sums)
             value4 = variance4 = np.nan
             if abs(y[k, s] - median) > _DISSENT_SIGMA * np.sqrt(e2 + median_var):
                 for q in range(8):
@@ -801,7 +811,7 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                     y[k, s], median, value, variance, wv, given, weight3, n_val, deriv, use,
                     n_use, nb_err, x_before, x_after, candidate_sigma, basis, length, centre,
                     rank, e2, model_error, side, kept, eligible, bump, cand, lev, keep,
-                    deviation, buf, chol, inv, coef, resid, scratch, any_repaired)
+                    deviation, buf, sums, chol, inv, coef, resid, scratch, any_repaired)
             if np.isfinite(value4):
                 value = value4
                 variance = variance4
@@ -812,7 +822,7 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
             _gradients(n_val, length, deriv)
             value_nb, variance_nb = _median_of_neighbours(wv, weight3, n_val, deriv, use,
                                                           length, centre, cand, lev, keep,
-                                                          deviation, buf)
+                                                          deviation, buf, sums)
             # the joint fit is replaced where it disagrees with the median beyond
             # their uncertainties (a neighbour spoiled it), or is the less precise
             if (abs(value - value_nb) > 3.0 * np.sqrt(variance + variance_nb)
