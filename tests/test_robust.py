@@ -678,7 +678,7 @@ def test_masked_median_matches_numpy(rng):
             assert np.isnan(got[j])
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, ">f4"])
 def test_compact_planes_matches_numpy(rng, dtype):
     planes = rng.normal(size=(6, 40)).astype(dtype)
     planes[2, 5] = np.nan

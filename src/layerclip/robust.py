@@ -307,8 +307,12 @@ def neighbour_table(layer_map):
 def compact_planes(planes, index):
     """The spaxels ``index`` of ``planes`` (shape (n_planes, ny * nx)) as float64,
     shape (n_planes, len(index)): the compact layout robust mode works in."""
+    planes = np.asarray(planes)
+    if planes.dtype not in (np.float32, np.float64):
+        # (the kernel is compiled for the FITS float types; others, e.g. float16)
+        return np.take(planes, index, axis=1).astype(float)
     out = np.empty((planes.shape[0], index.size))
-    gather_columns(np.asarray(planes), np.ascontiguousarray(index, np.int64), out)
+    gather_columns(planes, np.ascontiguousarray(index, np.int64), out)
     return out
 
 

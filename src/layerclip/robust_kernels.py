@@ -378,13 +378,14 @@ def _without_siding_neighbours(x, median, value0, variance0, wv, given, weight, 
     in the neighbours it hits, while on a point source's wing the neighbours
     towards the peak are many times higher). The caller has found ``median`` (with
     ``cand``, ``lev`` and ``keep`` filled and ``deriv`` the window's gradients) to
-    sit beyond ``_DISSENT_SIGMA`` from ``x``; where such neighbours are a minority,
-    the fits are made again without them (the one without the planes next to the centre where
-    the first misses one of them and it either predicts the other or agrees with
-    the median of the remaining neighbours' single fits: a residual over three
-    planes leaves tails on both sides). The result is returned if it agrees with
-    that median and is more precise than the first prediction (``value0``,
-    ``variance0``), or the first prediction does not agree with it; otherwise NaN.
+    sit beyond ``_DISSENT_SIGMA`` from ``x``; where such neighbours are a
+    minority, the fits are made again without them (the one without the planes
+    next to the centre where the first misses one of them and it either predicts
+    the other or agrees with the median of the remaining neighbours' single fits:
+    a residual over three planes leaves tails on both sides). The result is
+    returned if it agrees with that median and is more precise than the first
+    prediction (``value0``, ``variance0``), or the first prediction does not agree
+    with it; otherwise NaN.
     With ``only_extrapolating`` (a refit), only the neighbours that extrapolate
     may side. ``n_val``, ``basis`` and ``weight`` are overwritten.
     """
@@ -486,8 +487,7 @@ def _median_of_neighbours(wv, weight, n_val, deriv, use, length, centre, cand, l
     """
     # normal equations of the fits (sums over the window), inverted by cofactors;
     # the sums of the constant term are the same for every neighbour, the others
-    # are summed for all eight at once (``sums[:, q]``: a loop over neighbours
-    # inside the one over planes runs on vectors)
+    # are summed for all eight in one pass over the planes (``sums[:, q]``)
     sum_w = 0.0
     sum_wy = 0.0
     for r in range(7):
@@ -792,9 +792,9 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
             # that side with the voxel, taken where the others' single fits
             # confirm it (see _without_siding_neighbours); in a refit on a faint
             # spectrum, without those that extrapolate only
-            # (the dissent test is made here: most vague predictions stop at it,
-            # and the call, with its many arrays, took a fifth of the first fits'
-            # time)
+            # (the dissent test is made here, before the call: most vague
+            # predictions stop at it, and the call, passing some thirty arrays,
+            # costs more than the test)
             _gradients(n_val, length, deriv)
             _without_sides(given, weight3, length, centre)
             median, median_var = _median_of_neighbours(wv, weight3, n_val, deriv, use,
@@ -839,7 +839,7 @@ def gather_columns(planes, index, out):
     """``out[k, i] = planes[k, index[i]]``, converted to ``out``'s dtype.
 
     A block's spaxels, compacted and cast in one pass (``np.take`` then
-    ``astype`` makes two, and takes twice as long).
+    ``astype`` makes two, and takes longer).
     """
     for k in range(out.shape[0]):
         for i in range(index.size):
