@@ -185,6 +185,19 @@ def test_celestial_third_axis(sim, tmp_path, capsys):
                 *WAVE, obs_wave=1.52)
 
 
+@pytest.mark.parametrize("value", [665784332966, -3, 2.5])
+def test_wcsaxes_not_an_axis_count(sim, tmp_path, capsys, value):
+    # a corrupted WCSAXES asking for billions of axes crashed the process inside
+    # wcslib (found by tests/test_fuzz.py)
+    def change(h):
+        h["SCI"].header["WCSAXES"] = value
+
+    src = _variant(sim, tmp_path / "axes.fits", change)
+    _clean_case(tmp_path, capsys, src, WavelengthError,
+                f"axes.fits[SCI]: WCSAXES = {value!r} is not a number of WCS axes",
+                *WAVE, obs_wave=1.52)
+
+
 @pytest.mark.parametrize("unit", ["furlong", "s"])
 def test_wavelength_unit_not_understood(sim, tmp_path, capsys, unit):
     def change(h):

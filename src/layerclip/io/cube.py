@@ -330,6 +330,23 @@ def _check_spectral_unit(header, path):
             f"{ctype!r}; expected a length such as 'um', 'nm', 'Angstrom' or 'm'")
 
 
+# The FITS standard's largest axis count (NAXIS and WCSAXES).
+_MAX_AXES = 999
+
+
+def _check_wcs_axes(header, path):
+    """Refuse a WCSAXES that is not an axis count: wcslib allocates its matrices
+    from it, and a corrupted card asking for billions of axes crashes the process
+    (found by ``tests/test_fuzz.py``)."""
+    if "WCSAXES" not in header:
+        return
+    value = header["WCSAXES"]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_AXES:
+        raise WavelengthError(
+            f"{path}: WCSAXES = {value!r} is not a number of WCS axes; expected an "
+            f"integer from 1 to {_MAX_AXES} (3 for a cube)")
+
+
 def read_wavelength(header, hdul, n_planes, path="<cube>"):
     """Wavelength of every plane in microns from a 3-D WCS, and whether it is air.
 
@@ -337,6 +354,7 @@ def read_wavelength(header, hdul, n_planes, path="<cube>"):
     form of JWST cubes (read through ``hdul``), in any wavelength unit astropy knows.
     """
     _check_spectral_unit(header, path)
+    _check_wcs_axes(header, path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
