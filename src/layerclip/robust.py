@@ -153,12 +153,15 @@ the flags) and the neighbours flagged next to the tail's plane left out of the
 basis (a residual over several spaxels leaves its tails in them too); on a faint
 spectrum the two-term fit on the summed neighbours (below) is taken where it is
 the more precise (a five-term fit on a faint continuum, with a flagged neighbour
-left out, can extrapolate by several ERR). A tail beyond 0.9 ``sigma`` with the
-core's sign is flagged (a voxel next to a residual's strong core in its own spaxel
-is far likelier to hold the residual than one elsewhere). A second round refits
-the tails left unflagged that the first round's new flags reach: their fits may
-have had those neighbours' tails in their basis. (The tail's own spectrum may look
-faint to the screen: the residual's other planes pull its baseline.)
+left out, can extrapolate by several ERR). A tail beyond ``sigma`` with the
+core's sign is flagged; on a faint spectrum, where neither the voxel nor its
+prediction reaches ``bright_snr`` ERR, beyond 0.9 ``sigma`` (a voxel next to a
+residual's strong core in its own spaxel is far likelier to hold the residual
+than one elsewhere; on a line, the fit past the guarded core can undershoot the
+line's peak). A second round refits the tails left unflagged that the first round's
+new flags reach: their fits may have had those neighbours' tails in their basis.
+(The tail's own spectrum may look faint to the screen: the residual's other planes
+pull its baseline.)
 
 **Echo flags.** A residual in a neighbour that a fit held in its basis pulls the
 prediction its way, and the voxel then stands out the other way. A flag beyond
@@ -250,11 +253,14 @@ _TAIL_CORE = 2.0
 # Rounds of the tail check (the second sees the tails the first flagged in the
 # neighbours, no longer in their bases).
 _TAIL_ROUNDS = 2
-# A tail is flagged beyond this fraction of sigma: it sits next to a residual's
-# strong core in its own spaxel, with the core's sign, where a residual's other
-# planes are far likelier than elsewhere. (In the benchmarks, 0.9 flagged only
-# injected voxels, at 4.5-5.0 sigma; 0.8 and 0.7 also real signal and noise whose
-# tail fits, extrapolating past a guarded core, undershot by 4-9 ERR.)
+# A tail on a faint spectrum (the voxel and its prediction below bright_snr ERR)
+# is flagged beyond this fraction of sigma: it sits next to a residual's strong
+# core in its own spaxel, with the core's sign, where a residual's other planes
+# are far likelier than elsewhere. (In the benchmarks, 0.9 flagged only injected
+# voxels, at 4.5-5.0 sigma; 0.8 and 0.7 also real signal and noise whose tail
+# fits, extrapolating past a guarded core, undershot by 4-9 ERR.) On a line the
+# bound stays sigma: in the demo cube such a fit predicted a line's peak (S/N 51)
+# 41 ERR low, at 4.5-5 sigma.
 _TAIL_FRACTION = 0.9
 # A refit this many times vaguer (in variance) than the fit it replaces cannot clear
 # an echo flag (on the unseen seed-5 compact core, a 34-sigma hit's refit was
@@ -694,9 +700,9 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     # voxel's own fit window holds the residual's other planes, and its
     # neighbours' spectra the residual's spread, so its fits can learn the
     # residual's shape and predict it. Fitted once more with the planes next to
-    # every flag left out of its window, a tail of the same sign beyond
-    # _TAIL_FRACTION sigma is flagged too; a second round sees the tails the first
-    # flagged in neighbours.
+    # every flag left out of its window, a tail of the same sign beyond sigma
+    # (_TAIL_FRACTION sigma on a faint spectrum) is flagged too; a second round
+    # sees the tails the first flagged in neighbours.
     tk, ts, core_sign = _tails_to_check(fk, fs, flags, rho, usable, _TAIL_CORE * sigma)
     for _ in range(_TAIL_ROUNDS):
         if tk.size == 0:
@@ -725,8 +731,10 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
             left_out[faint[better]] = 0
         with np.errstate(invalid="ignore", divide="ignore"):
             z = (y[tk, ts] - v) / np.sqrt(e[tk, ts] ** 2 + var) / scale[tk]
-            tail = (np.isfinite(z) & (np.sign(z) == core_sign)
-                    & (np.abs(z) > _TAIL_FRACTION * sigma))
+            signal = (bright[tk, ts] | (y[tk, ts] > bright_snr * e[tk, ts])
+                      | (v > bright_snr * e[tk, ts]))
+            bound = np.where(signal, sigma, _TAIL_FRACTION * sigma)
+            tail = np.isfinite(z) & (np.sign(z) == core_sign) & (np.abs(z) > bound)
         if not tail.any():
             break
         nk, ns = tk[tail], ts[tail]
