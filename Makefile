@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo_output
 
-.PHONY: setup setup-test browser demo test bench clean-venv
+.PHONY: setup setup-test browser demo test fuzz bench clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ browser:
 
 test: setup-test browser
 	MPLBACKEND=agg $(PY) -m pytest
+
+# The hypothesis tests with new random examples, ten runs (`make test` runs them
+# derandomized, so that it passes or fails the same way every time).
+fuzz: setup-test
+	for run in 1 2 3 4 5 6 7 8 9 10; do \
+	  LAYERCLIP_HYPOTHESIS=explore MPLBACKEND=agg $(PY) -m pytest -q -p no:cacheprovider \
+	    tests/test_fuzz.py tests/test_properties.py || exit 1; \
+	done
 
 bench: setup-test
 	MPLBACKEND=agg $(PY) benchmarks/run_all.py

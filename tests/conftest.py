@@ -1,9 +1,20 @@
-"""Shared fixtures: paths to the real test cubes and small seeded synthetic cubes."""
+"""Shared fixtures: paths to the real test cubes and small seeded synthetic cubes.
 
+Hypothesis runs derandomized (the same examples every run), so that `make test`, the
+CI gate, passes or fails the same way each time; `make fuzz` explores new random
+examples (``LAYERCLIP_HYPOTHESIS=explore``, ten runs).
+"""
+
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("LAYERCLIP_HYPOTHESIS", "deterministic"))
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
