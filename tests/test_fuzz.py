@@ -24,18 +24,24 @@ SETTINGS = settings(max_examples=120, deadline=None,
 KEYS = ["SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTNAME",
         "CTYPE3", "CUNIT3", "CRVAL3", "CDELT3", "CRPIX3", "PC3_3", "CTYPE1", "CRVAL1",
         "BSCALE", "BZERO", "WCSAXES", "PCOUNT", "GCOUNT", "END"]
+PLAUSIBLE = ["0", "-1", "3", "8", "16", "-32", "-64", "64", "1E300", "NAN", "-INF",
+             "T", "F", "''", "'WAVE'", "'AWAV'", "'WAVE-TAB'", "'FREQ'", "'RA---TAN'",
+             "'um'", "'Angstrom'", "'furlong'", "'s'", "'SCI'", "'ERR'", "'DQ'",
+             "'IMAGE'", "'BINTABLE'", "1.0", "0.0", "-0.001", "2.5E-10"]
 VALUES = st.one_of(
     st.integers(-2**40, 2**40).map(str),
-    st.sampled_from(["0", "-1", "3", "8", "16", "-32", "-64", "64", "1E300", "NAN", "-INF",
-                     "T", "F", "''", "'WAVE'", "'AWAV'", "'WAVE-TAB'", "'FREQ'", "'RA---TAN'",
-                     "'um'", "'Angstrom'", "'furlong'", "'s'", "'SCI'", "'ERR'", "'DQ'",
-                     "'IMAGE'", "'BINTABLE'", "1.0", "0.0", "-0.001", "2.5E-10"]),
+    st.sampled_from(PLAUSIBLE),
     st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20),
 )
 
 
-@pytest.fixture(scope="module")
-def valid_file(tmp_path_factory):
+def card(key, value):
+    """An 80-character header card ``key = value`` (``END`` alone)."""
+    return (f"{key:<8}= {value:>20}" if key != "END" else "END").ljust(80)[:80]
+
+
+def write_valid_cube(path):
+    """A small valid SCI/ERR/DQ cube; returns its bytes and each HDU's header span."""
     rng = np.random.default_rng(3)
     shape = (12, 5, 6)
     header = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CTYPE3": "WAVE",
@@ -50,12 +56,18 @@ def valid_file(tmp_path_factory):
         fits.ImageHDU(np.ones(shape, np.float32), name="ERR"),
         fits.ImageHDU(np.zeros(shape, np.uint32), name="DQ"),
     ])
-    path = tmp_path_factory.mktemp("fuzz") / "valid_s3d.fits"
     hdul.writeto(path)
     with fits.open(path) as h:
         headers = [(hdu.fileinfo()["hdrLoc"], hdu.fileinfo()["datLoc"]) for hdu in h]
     assert read_cube(path).shape == shape
-    return path, path.read_bytes(), headers
+    return path.read_bytes(), headers
+
+
+@pytest.fixture(scope="module")
+def valid_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fuzz") / "valid_s3d.fits"
+    raw, headers = write_valid_cube(path)
+    return path, raw, headers
 
 
 def _read(path):
@@ -98,12 +110,11 @@ def test_corrupted_header_cards(valid_file, tmp_path, data):
         lo, hi = data.draw(st.sampled_from(headers))
         key = data.draw(st.sampled_from(KEYS))
         value = data.draw(VALUES)
-        card = (f"{key:<8}= {value:>20}" if key != "END" else "END").ljust(80)[:80]
         text = bytes(raw[lo:hi])
         at = text.find(f"{key:<8}".encode())
         if at < 0 or at % 80:
             at = data.draw(st.integers(0, (hi - lo) // 80 - 1)) * 80
-        raw[lo + at:lo + at + 80] = card.encode("ascii")
+        raw[lo + at:lo + at + 80] = card(key, value).encode("ascii")
     bad = tmp_path / "bad.fits"
     bad.write_bytes(bytes(raw))
     _read(bad)
