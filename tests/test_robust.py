@@ -411,8 +411,8 @@ def test_tail_next_to_a_strong_flag_in_the_same_spaxel_is_caught():
 
 def test_faint_tail_beyond_nine_tenths_of_sigma_next_to_its_core_is_caught():
     # A 34-sigma residual over three planes and four spaxels of the seed-0 arc's
-    # sky (S/N 0.3-0.4). In one spaxel its core (12.8 sigma) is flagged, and the
-    # tail fit finds the 5.1-sigma tail before it at 4.7 sigma. Next to a strong
+    # sky (S/N 0.3-0.4). In one spaxel its core (12.8 sigma injected) is flagged,
+    # and the tail fit finds the 5.1-sigma tail before it at 4.7 sigma. Next to a strong
     # core of its own spaxel, on a faint spectrum, a tail is flagged beyond 0.9
     # sigma; with sigma itself as the bound it was left.
     cube = benchmark_cube("arc", seed=0)
@@ -431,10 +431,11 @@ def test_faint_tail_beyond_nine_tenths_of_sigma_next_to_its_core_is_caught():
 def test_tail_on_a_line_keeps_the_full_bound(tmp_path):
     # The demo cube's 543-sigma hit on one plane of a spaxel of the arc line (S/N
     # 27 there) is flagged; the plane after it holds the line's real peak (S/N 51),
-    # which the screen calls faint (the hit and the line's narrow core pull its
-    # baseline down). The tail fit, without the planes next to the hit, predicts
-    # that peak from the line's wings, 41 ERR low at 4.5-5 sigma. Where the voxel
-    # or its prediction is bright the tail bound stays at sigma, and it is left.
+    # which the screen calls faint (the line is narrow: its values two and three
+    # planes away, the screen's baseline, are below 10 ERR). The tail fit, without
+    # the planes next to the hit, predicts that peak from the line's wings, 41 ERR
+    # low at 4.5-5 sigma. Where the voxel or its prediction is bright the tail
+    # bound stays at sigma, and it is left.
     # (run as `make demo` runs it: automatic layer map from the [O III] line)
     cube = make_cube("arc", seed=2024)
     path = tmp_path / "demo_s3d.fits"

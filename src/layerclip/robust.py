@@ -256,11 +256,11 @@ _TAIL_ROUNDS = 2
 # A tail on a faint spectrum (the voxel and its prediction below bright_snr ERR)
 # is flagged beyond this fraction of sigma: it sits next to a residual's strong
 # core in its own spaxel, with the core's sign, where a residual's other planes
-# are far likelier than elsewhere. (In the benchmarks, 0.9 flagged only injected
-# voxels, at 4.5-5.0 sigma; 0.8 and 0.7 also real signal and noise whose tail
-# fits, extrapolating past a guarded core, undershot by 4-9 ERR.) On a line the
-# bound stays sigma: in the demo cube such a fit predicted a line's peak (S/N 51)
-# 41 ERR low, at 4.5-5 sigma.
+# are far likelier than elsewhere. (In the benchmarks, 0.9 on every spectrum
+# flagged only injected voxels, at 4.5-5.0 sigma; 0.8 and 0.7 also real signal and
+# noise whose tail fits, extrapolating past a guarded core, undershot by 4-9 ERR.)
+# On a line the bound stays sigma: in the demo cube such a fit predicted a line's
+# peak (S/N 51) 41 ERR low, at 4.5-5 sigma.
 _TAIL_FRACTION = 0.9
 # A refit this many times vaguer (in variance) than the fit it replaces cannot clear
 # an echo flag (on the unseen seed-5 compact core, a 34-sigma hit's refit was

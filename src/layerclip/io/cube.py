@@ -335,9 +335,9 @@ _MAX_AXES = 999
 
 
 def _check_wcs_axes(header, path):
-    """Refuse a WCSAXES that is not an axis count: wcslib allocates its matrices
-    from it, and a corrupted card asking for billions of axes crashes the process
-    (found by ``tests/test_fuzz.py``)."""
+    """Refuse a WCSAXES that is not an axis count: wcslib builds its arrays from
+    it, and a corrupted card asking for billions of axes crashed the process (a
+    segmentation fault, found by ``tests/test_fuzz.py``)."""
     if "WCSAXES" not in header:
         return
     value = header["WCSAXES"]
