@@ -115,9 +115,14 @@ def read_in_children(folder, count):
     crashes = []
     start = 0
     while start < count:
+        # (a progress file left by the chunk before would read as this one's)
+        progress.unlink(missing_ok=True)
         child = subprocess.Popen([sys.executable, "-c", CHILD, str(folder), str(start),
                                   str(count), str(progress)], stderr=subprocess.DEVNULL)
         code = _wait_watching_memory(child)
+        if not progress.exists():
+            raise RuntimeError(f"the reading process failed before its first file "
+                               f"(exit code {code})")
         reached = progress.read_text()
         if reached == "done":
             break
