@@ -93,7 +93,8 @@ METHODS = {
 
 
 def metrics(cube, lm, planes, sci, flags):
-    err = cube.err.astype(float)
+    # (scored in units of the true noise, where the cube's ERR misstates it)
+    err = cube.err.astype(float) / cube.err_scale
     clean = cube.clean.astype(float)
     after = np.asarray(sci, float)
     strong_missed = strong_left = all_left = n_strong = 0

@@ -37,3 +37,48 @@ def test_default_lets_artifacts_pile_up_on_a_compact_core():
     on_line = [a for a in cube.artifacts if a.on_line]
     piled = sum(_boxes_overlap(a, b) for i, a in enumerate(on_line) for b in on_line[i + 1:])
     assert piled > 0
+
+
+def test_correlated_noise_keeps_err_and_the_artifacts():
+    white = make_cube("arc", seed=3, **SHAPE)
+    cube = make_cube("arc", seed=3, noise_correlation=0.7, **SHAPE)
+    noise = (cube.clean - cube.model) / cube.err
+    inside = cube.footprint
+    assert noise[:, inside].std() == pytest.approx(1.0, abs=0.01)
+    # neighbours along x and two spaxels apart correlate as the smoothing kernel's
+    # autocorrelation says (computed here from a Gaussian sampled independently)
+    offsets = np.arange(-4, 5)
+    kernel = np.exp(-0.5 * (offsets / 0.7) ** 2)
+    for lag, tol in ((1, 0.02), (2, 0.02)):
+        expected = (kernel[:-lag] * kernel[lag:]).sum() / (kernel ** 2).sum()
+        both = inside[:, :-lag] & inside[:, lag:]
+        r = np.corrcoef(noise[:, :, :-lag][:, both].ravel(),
+                        noise[:, :, lag:][:, both].ravel())[0, 1]
+        assert r == pytest.approx(expected, abs=tol)
+    # white noise does not correlate
+    w = (white.clean - white.model) / white.err
+    both = inside[:, :-1] & inside[:, 1:]
+    r = np.corrcoef(w[:, :, :-1][:, both].ravel(), w[:, :, 1:][:, both].ravel())[0, 1]
+    assert abs(r) < 0.01
+    # the same draws: artifacts and signal as in the cube without correlation
+    assert len(cube.artifacts) == len(white.artifacts)
+    for a, b in zip(cube.artifacts, white.artifacts, strict=True):
+        np.testing.assert_array_equal(a.values, b.values)
+        np.testing.assert_array_equal(a.planes, b.planes)
+    np.testing.assert_array_equal(cube.model, white.model)
+
+
+def test_err_scale_misstates_only_the_err_array():
+    true = make_cube("compact", seed=1, **SHAPE)
+    under = make_cube("compact", seed=1, err_scale=0.7, **SHAPE)
+    np.testing.assert_allclose(under.err, 0.7 * true.err, rtol=1e-6)
+    np.testing.assert_array_equal(under.sci, true.sci)
+    np.testing.assert_array_equal(under.clean, true.clean)
+
+
+@pytest.mark.parametrize("option", [{"noise_correlation": -0.5}, {"err_scale": 0.0},
+                                    {"noise_correlation": float("nan")}])
+def test_bad_noise_options_are_refused(option):
+    name = next(iter(option))
+    with pytest.raises(ValueError, match=name):
+        make_cube("arc", seed=0, **option, **SHAPE)

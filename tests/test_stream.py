@@ -130,3 +130,25 @@ def test_auto_block_planes_bounds_memory():
     # robust mode: more memory per voxel, and blocks no smaller than the halo
     assert auto_block_planes((3681, 43, 43), method="robust", halo=30) == 2208
     assert auto_block_planes((3681, 320, 320), method="robust", halo=30) == 30
+
+
+def test_stream_measures_err_factor_on_the_whole_cube(tmp_path):
+    # ERR at 0.6 times the noise: the factor is measured once, on the same planes
+    # whichever way the cube is read, so small blocks agree with the whole cube
+    from layerclip.simulate import make_cube
+
+    cube = make_cube("arc", shape=(130, 25, 25), seed=11, n_artifacts=25, fov_size=18,
+                     wave_range=(1.150, 1.175), err_scale=0.6)
+    path = tmp_path / "under_s3d.fits"
+    cube.writeto(path)
+    r1, _ = clean_file(path, tmp_path / "memory.fits", line=cube.line, z=cube.z)
+    r2, _ = clean_file(path, tmp_path / "streamed.fits", line=cube.line, z=cube.z,
+                       block_planes=20)
+    assert r1.params["err_factor"] == r2.params["err_factor"]
+    assert r1.params["err_factor"] == pytest.approx(1 / 0.6, rel=0.05)
+    np.testing.assert_array_equal(np.asarray(r2.flags), r1.flags)
+    a, b = _hdus(tmp_path / "memory.fits"), _hdus(tmp_path / "streamed.fits")
+    for (name, ha, da), (_, hb, db) in zip(a, b, strict=True):
+        assert ha == hb, name
+        if da is not None:
+            assert da.tobytes() == db.tobytes(), name

@@ -10,9 +10,20 @@ from .errors import CubeFormatError, OptionError
 from .layers import EXCLUDED, validate_layer_map
 from .paper import clip_block_paper
 from .robust import DEFAULTS as ROBUST_DEFAULTS
-from .robust import clip_block_robust, compact_planes, masked_median, neighbour_table, robust_halo
+from .robust import (
+    clip_block_robust,
+    compact_planes,
+    masked_median,
+    measure_err_factor,
+    neighbour_table,
+    noise_columns,
+    noise_planes,
+    noise_ratio,
+    robust_halo,
+)
 
-__all__ = ["ClipResult", "clip_cube", "halo_planes", "METHODS", "REPLACE"]
+__all__ = ["ClipResult", "clip_cube", "cube_err_factor", "cube_noise_ratio", "array_reader",
+           "halo_planes", "METHODS", "REPLACE"]
 
 # The first method is the default.
 METHODS = ("robust", "paper")
@@ -95,6 +106,70 @@ def halo_planes(method="robust", **params):
     raise OptionError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
 
 
+def cube_err_factor(read, n_planes, layer_map):
+    """How many times the noise exceeds ERR over a whole cube (robust mode).
+
+    Parameters
+    ----------
+    read : callable
+        ``read(planes, cols)`` returns ``(sci, err, excluded)`` for the planes of
+        the int array ``planes`` and the flat spaxel indices ``cols``, each of
+        shape (planes.size, cols.size); ``excluded`` may be None
+        (:func:`array_reader` makes one for arrays in memory).
+    n_planes : int
+    layer_map : ndarray of int, shape (ny, nx)
+
+    Returns
+    -------
+    float
+        :func:`layerclip.robust.measure_err_factor` at the planes of
+        :func:`layerclip.robust.noise_planes` and the spaxels of
+        :func:`layerclip.robust.noise_columns`, rounded to four decimals (the value
+        used is the value recorded); 1 for a cube of fewer than seven planes.
+    """
+    sampled = _noise_sample(read, n_planes, layer_map)
+    return 1.0 if sampled is None else _rounded_factor(*sampled)
+
+
+def cube_noise_ratio(read, n_planes, layer_map):
+    """The ratio of the noise to ERR that :func:`cube_err_factor` measures, before
+    its tolerance (:func:`layerclip.robust.noise_ratio`; NaN where none can be
+    measured)."""
+    sampled = _noise_sample(read, n_planes, layer_map)
+    return np.nan if sampled is None else noise_ratio(*sampled)
+
+
+def array_reader(sci, err, excluded=None):
+    """The ``read`` of :func:`cube_err_factor` for cubes in memory, shape (nw, ny, nx)."""
+    n = np.shape(sci)[0]
+    return lambda planes, cols: tuple(
+        None if a is None else np.asarray(a).reshape(n, -1)[planes][:, cols]
+        for a in (sci, err, excluded))
+
+
+def _noise_sample(read, n_planes, layer_map):
+    """``(y, e, usable, planes, cols)`` for :func:`layerclip.robust.noise_ratio`:
+    each sampled plane with its baseline planes, seven in a row; None where the
+    cube is too short."""
+    cols = noise_columns(layer_map)
+    centres = noise_planes(n_planes, cols.size)
+    if centres.size == 0:
+        return None
+    sci, err, excluded = read((centres[:, None] + np.arange(-3, 4)).ravel(), cols)
+    y = np.ascontiguousarray(sci, dtype=float)
+    e = np.ascontiguousarray(err, dtype=float)
+    with np.errstate(invalid="ignore"):
+        usable = np.isfinite(y) & np.isfinite(e) & (e > 0)
+    if excluded is not None:
+        usable &= ~np.asarray(excluded, dtype=bool)
+    return y, e, usable, 7 * np.arange(centres.size) + 3, np.arange(cols.size)
+
+
+def _rounded_factor(y, e, usable, planes, cols):
+    """:func:`layerclip.robust.measure_err_factor`, rounded to four decimals."""
+    return round(measure_err_factor(y, e, usable, planes, cols), 4)
+
+
 def _as_float_cube(array, name):
     array = np.asarray(array)
     if array.ndim != 3:
@@ -111,7 +186,7 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
               sigma=5.0, maxiters=5, excluded=None, block_planes=None, threads=1,
               replace: Literal["model", "median", "interp", "nan"] | None = None,
               grow=None, grow_sigma=None, model_error=None, half_window=None,
-              ceiling_ratio=None, interp_gap=INTERP_GAP):
+              ceiling_ratio=None, interp_gap=INTERP_GAP, err_factor=None):
     """Clip outliers from a cube.
 
     Parameters
@@ -167,6 +242,11 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
         (default 20; ``np.inf`` turns the ceiling off).
     interp_gap : int, optional
         Largest distance, in planes, to the voxels ``replace="interp"`` uses.
+    err_factor : float, optional
+        Robust mode: ERR is multiplied by this before clipping (ERR of replaced
+        voxels included). Default: measured on this cube with
+        :func:`cube_err_factor`, 1 unless ERR understates the noise by more than
+        5%; recorded in ``params``. Give it to clip blocks of one cube alike.
 
     Returns
     -------
@@ -214,6 +294,9 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
             raise OptionError(f"--ceiling-ratio {ceiling_ratio!r}: expected a number above 1 "
                               "(inf turns the ceiling off)")
         robust_opts["ceiling_ratio"] = float(ceiling_ratio)
+    if err_factor is not None and not (np.isfinite(err_factor) and err_factor > 0):
+        raise OptionError(f"err_factor {err_factor!r}: expected a positive number (how many "
+                          "times the noise exceeds ERR)")
 
     nw, ny, nx = sci.shape
     if method == "paper" and replace == "median":
@@ -224,6 +307,12 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
     labels = layer_map.ravel()[index]
     groups = [np.flatnonzero(labels == g) for g in np.unique(labels)]
     step = int(block_planes)
+    # robust mode: how far ERR understates the noise, measured on the whole cube
+    # (in one block, from the block's arrays, below: the same planes, spaxels and
+    # values, so the same number)
+    measure_in_block = method == "robust" and err_factor is None and step >= nw
+    if method == "robust" and err_factor is None and not measure_in_block:
+        err_factor = cube_err_factor(array_reader(sci, err, excluded), nw, layer_map)
     halo = halo_planes(method, replace=replace, interp_gap=interp_gap, **robust_opts)
     outputs = None
     for start in range(0, nw, step):
@@ -251,6 +340,10 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
         else:
             usable = ~bad & np.isfinite(e) & (e > 0)
             del bad
+            if measure_in_block:
+                cols = np.searchsorted(index, noise_columns(layer_map))
+                err_factor = _rounded_factor(y, e, usable, noise_planes(nw, cols.size), cols)
+            robust_opts["err_factor"] = float(err_factor)
             f, pred = clip_block_robust(y, e, usable, neighbours, sky=labels == 0,
                                         sigma=sigma, **robust_opts)
         # write back the flagged voxels of the planes this block owns

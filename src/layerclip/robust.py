@@ -26,6 +26,17 @@ smooth: ``|r|`` within ``candidate_sigma`` on every plane from ``k-3`` to ``k+3`
 (a bright continuum the baseline follows, where the screen is as sharp as on a
 faint one).
 
+**ERR that understates the noise.** Every fit weighs its misfits against ERR, so
+an ERR array that understates the noise everywhere makes each window's misfits look
+like model error, which widens every prediction's uncertainty on top of the
+per-plane scale: residuals are then missed (with ERR at 0.7 times the noise, 16
+strong residuals in the 15 "ERR x0.7" cubes of ``benchmarks/quality_unseen.py``
+against 7 with the right ERR). So the ratio of the noise to ERR is measured once per
+cube (:func:`measure_err_factor`: the screen's scale at planes spread over the
+cube, their median) and, where it exceeds 1.05, ERR is multiplied by it before
+anything else (``err_factor``, recorded with the parameters); on the benchmark
+cubes with a right ERR it measures 0.969-1.023 and changes nothing.
+
 **Prediction (candidates only).** Real emission is shared by neighbouring spaxels
 (the PSF spans several) and has the same line profile there, shifted a little by
 velocity gradients; a residual in 1-4 spaxels is absent from most neighbours. Over
@@ -209,6 +220,7 @@ from .robust_kernels import (
     grow_flags,
     near_flags,
     neighbour_ceiling,
+    noise_residual_median,
     plane_mad,
     predict_voxels,
     screen_residual,
@@ -219,7 +231,8 @@ from .robust_kernels import (
 )
 
 __all__ = ["RobustPrediction", "clip_block_robust", "robust_halo", "neighbour_table",
-           "masked_median", "DEFAULTS"]
+           "masked_median", "measure_err_factor", "noise_columns", "noise_planes",
+           "noise_ratio", "DEFAULTS"]
 
 DEFAULTS = {
     "sigma": 5.0,
@@ -262,6 +275,18 @@ _TAIL_ROUNDS = 2
 # On a line the bound stays sigma: in the demo cube such a fit predicted a line's
 # peak (S/N 51) 41 ERR low, at 4.5-5 sigma.
 _TAIL_FRACTION = 0.9
+# How far ERR understates the noise is measured once per cube, at planes spread
+# evenly over it (each with the screen's baseline planes): the same planes however
+# the cube is read, so blocks and the whole cube agree. At least this many planes,
+# and enough for this many residuals in all (a field mostly covered by the target
+# leaves few sky spaxels per plane).
+_NOISE_PLANES = 32
+_NOISE_RESIDUALS = 16384
+# An ERR that understates the noise by more than this fraction is scaled up before
+# clipping. (benchmarks/bench_err_factor.py: on the 75 benchmark cubes with a right
+# ERR the measured ratio is 0.969-1.023; on the 15 with ERR 0.7 times the noise,
+# 1.379-1.464, for a true 1.429.)
+_ERR_TOLERANCE = 0.05
 # A refit this many times vaguer (in variance) than the fit it replaces cannot clear
 # an echo flag (on the unseen seed-5 compact core, a 34-sigma hit's refit was
 # uncertain by 159 ERR).
@@ -286,6 +311,79 @@ def robust_halo(*, half_window=DEFAULTS["half_window"], scale_window=DEFAULTS["s
     first = max(h + _CEILING_PLANES, max(_BASELINE_OFFSETS) + int(scale_window)) + g
     return (first + (int(passes) - 1) * (h + g) + (_TAIL_ROUNDS + 1) * (h + 1)
             + int(interp_gap))
+
+
+def noise_planes(n_planes, n_columns):
+    """The planes ``k`` at which :func:`measure_err_factor` measures the noise for
+    ``n_columns`` spaxels: spread evenly over the cube, at least three planes from
+    either end (none when it has fewer than seven planes); ``_NOISE_PLANES`` of
+    them, or more where the spaxels are too few for ``_NOISE_RESIDUALS``
+    residuals, up to every plane that has its baseline."""
+    if n_planes < 7:
+        return np.empty(0, np.int64)
+    wanted = max(_NOISE_PLANES, -(-_NOISE_RESIDUALS // max(int(n_columns), 1)))
+    centres = np.linspace(3, n_planes - 4, min(wanted, n_planes - 6))
+    return np.unique(np.round(centres).astype(np.int64))
+
+
+def noise_columns(layer_map):
+    """Flat spaxel indices (of ``layer_map.ravel()``) on which
+    :func:`measure_err_factor` measures the noise: every n-th sky spaxel, at most
+    511 of them (as the screen's per-plane scale), or every spaxel not excluded
+    where fewer than 16 are sky."""
+    labels = np.asarray(layer_map).ravel()
+    cols = np.flatnonzero(labels == 0)
+    if cols.size < 16:
+        return np.flatnonzero(labels >= 0)
+    return cols[:: max(1, cols.size // _SCALE_SPAXELS)]
+
+
+def noise_ratio(y, e, usable, planes, cols):
+    """The ratio of the noise to ERR: the median over the planes ``planes`` of the
+    screen's scale, before its floor of 1.
+
+    Parameters
+    ----------
+    y, e : ndarray, shape (n_planes, m)
+        Flux and ERR (float64).
+    usable : ndarray of bool, shape (n_planes, m)
+    planes : ndarray of int
+        The planes ``k`` measured (normally :func:`noise_planes`), each at least
+        three planes from either end of ``y``.
+    cols : ndarray of int
+        The spaxels (columns of ``y``) measured (normally :func:`noise_columns`).
+
+    Returns
+    -------
+    float
+        The median over the planes of the median of ``|x - baseline| / ERR`` over
+        the spaxels whose five planes are usable (at least eight; the baseline is
+        the median of planes ``k-3, k-2, k+2, k+3``), as a standard deviation. NaN
+        where no plane can be measured.
+    """
+    medians = np.empty(len(planes))
+    noise_residual_median(y, e, usable, np.asarray(planes, np.int64),
+                          np.asarray(cols, np.int64), 8, medians)
+    medians = medians[np.isfinite(medians)]
+    if medians.size == 0:
+        return np.nan
+    return float(np.median(medians)) / 0.6745 / np.sqrt(1 + _MEDIAN4_VAR)
+
+
+def measure_err_factor(y, e, usable, planes, cols):
+    """How many times the noise exceeds what ERR says, where that is over
+    ``1 + _ERR_TOLERANCE``; else 1.
+
+    Robust mode weighs every misfit against ERR: an ERR array that understates the
+    noise makes every fit's misfits look like model error, which then widens every
+    prediction's uncertainty on top of the per-plane scale, and residuals are
+    missed. (Paper mode, which uses the spread of the values, is not affected.)
+    An ERR that overstates the noise is left as it is (fewer flags, not more).
+
+    Parameters are those of :func:`noise_ratio`, which measures the ratio.
+    """
+    ratio = noise_ratio(y, e, usable, planes, cols)
+    return ratio if ratio > 1 + _ERR_TOLERANCE else 1.0
 
 
 def neighbour_table(layer_map):
@@ -466,7 +564,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
                       scale_window=DEFAULTS["scale_window"], grow=DEFAULTS["grow"],
                       candidate_sigma=DEFAULTS["candidate_sigma"],
                       bright_snr=DEFAULTS["bright_snr"], passes=DEFAULTS["passes"],
-                      ceiling_ratio=DEFAULTS["ceiling_ratio"]):
+                      ceiling_ratio=DEFAULTS["ceiling_ratio"], err_factor=1.0):
     """Robust-mode flags for a block of spectra in compact (planes, spaxels) layout.
 
     Parameters
@@ -502,15 +600,22 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         after the first only near the flags the one before changed).
     ceiling_ratio : float
         The neighbour ceiling (default 20; ``np.inf`` turns it off).
+    err_factor : float
+        ERR is multiplied by this first: how many times the noise exceeds ERR,
+        from :func:`measure_err_factor` on the whole cube (1: ERR is right).
 
     Returns
     -------
     flags : ndarray of bool
     prediction : RobustPrediction
+        Its values and variances are in the units of ``y``; the variance of a
+        prediction includes ``err_factor``.
     """
     n_planes, m = y.shape
     y = np.ascontiguousarray(y, dtype=float)
     e = np.ascontiguousarray(e, dtype=float)
+    if err_factor != 1.0:
+        e = e * float(err_factor)
     usable = np.ascontiguousarray(usable, dtype=bool)
     neighbours = np.ascontiguousarray(neighbours, dtype=np.int64)
     sky = np.ones(m, bool) if sky is None else np.asarray(sky, bool)

@@ -963,22 +963,48 @@ def plane_mad(residual, cols, min_count, out):
             if np.isfinite(v):
                 buf[n] = abs(v)
                 n += 1
-        if n < min_count:
-            out[k] = np.nan
-            continue
-        upper = _select(buf, n, n // 2, work_a, work_b)
-        if n % 2:
-            out[k] = upper
-        else:
-            # the value below it in sorted order: the largest value under it, unless
-            # it is not unique there (fewer than n // 2 values under it)
-            n_under = 0
-            lower = -np.inf
-            for i in range(n):
-                v = buf[i]
-                n_under += v < upper
-                lower = max(lower, v if v < upper else -np.inf)
-            out[k] = 0.5 * ((lower if n_under == n // 2 else upper) + upper)
+        out[k] = _median_of_many(buf, n, work_a, work_b) if n >= min_count else np.nan
+
+
+@njit(**_JIT)
+def _median_of_many(buf, n, work_a, work_b):
+    """Median of ``buf[:n]`` (``n`` > 0; ``buf`` may be reordered), by quickselect."""
+    upper = _select(buf, n, n // 2, work_a, work_b)
+    if n % 2:
+        return upper
+    # the value below it in sorted order: the largest value under it, unless it is
+    # not unique there (fewer than n // 2 values under it)
+    n_under = 0
+    lower = -np.inf
+    for i in range(n):
+        v = buf[i]
+        n_under += v < upper
+        lower = max(lower, v if v < upper else -np.inf)
+    return 0.5 * ((lower if n_under == n // 2 else upper) + upper)
+
+
+@njit(**_JIT)
+def noise_residual_median(y, e, usable, planes, cols, min_count, out):
+    """For each plane ``k`` of ``planes``, the median over the spaxels ``cols`` of
+    ``|y - baseline| / e``, the baseline being the median of planes ``k-3, k-2,
+    k+2, k+3``, where those five planes are usable (each ``k`` at least three
+    planes from either end); NaN where fewer than ``min_count`` are."""
+    buf = np.empty(cols.size)
+    work_a = np.empty(cols.size)
+    work_b = np.empty(cols.size)
+    for i in range(planes.size):
+        k = planes[i]
+        n = 0
+        for c in cols:
+            if not (usable[k, c] and usable[k - 3, c] and usable[k - 2, c]
+                    and usable[k + 2, c] and usable[k + 3, c]):
+                continue
+            a, b, x, d = y[k - 3, c], y[k - 2, c], y[k + 2, c], y[k + 3, c]
+            total = a + b + x + d
+            baseline = 0.5 * (total - max(max(a, b), max(x, d)) - min(min(a, b), min(x, d)))
+            buf[n] = abs(y[k, c] - baseline) / e[k, c]
+            n += 1
+        out[i] = _median_of_many(buf, n, work_a, work_b) if n >= min_count else np.nan
 
 
 @njit(**_JIT)

@@ -8,12 +8,19 @@ where ``model`` is the noise-free sky+target signal, ``noise`` is Gaussian with 
 per-voxel ERR (which rises towards the edge of a rotated field of view, as fewer
 dithers cover it), and ``artifacts`` are cosmic-ray-like residuals spanning 1-3
 planes and 1-4 spaxels whose positions and amplitudes are recorded.
+
+Two properties of real level-3 cubes can be switched on: noise correlated between
+neighbouring spaxels (cube building resamples each detector pixel onto several
+spaxels; Law et al. 2023, arXiv:2306.05520, find the noise of spectra extracted
+from JWST IFU cubes underestimated by factors of 1.5-3 when that covariance is
+ignored), and an ERR array that misstates the noise.
 """
 
 from dataclasses import dataclass, field
 
 import numpy as np
 from astropy.io import fits
+from scipy import ndimage
 
 from .io.cube import DO_NOT_USE, NON_SCIENCE
 from .lines import C_KMS, LINES
@@ -50,7 +57,8 @@ class SyntheticCube:
     Attributes
     ----------
     sci, err : ndarray (float32), shape (nw, ny, nx)
-        The cube with artifacts, and its 1-sigma uncertainty (NaN outside the field).
+        The cube with artifacts, and its 1-sigma uncertainty as written (NaN
+        outside the field): ``err_scale`` times the true noise.
     clean : ndarray (float32)
         The same cube without artifacts (same noise realisation).
     model : ndarray (float32)
@@ -66,6 +74,10 @@ class SyntheticCube:
     line : str
         The brightest line (for the S/N map), None for continuum-only kinds.
     kind : str
+    neighbour_model : ndarray or None
+        The companion's noise-free signal (``make_cube``'s ``neighbour``).
+    err_scale : float
+        ``err`` over the true noise (1 unless ``make_cube`` was asked otherwise).
     """
 
     sci: np.ndarray
@@ -81,6 +93,7 @@ class SyntheticCube:
     line: str | None = None
     kind: str = "arc"
     neighbour_model: np.ndarray | None = None
+    err_scale: float = 1.0
 
     @property
     def artifact_mask(self):
@@ -183,7 +196,7 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
               peak_snr=None, on_line_fraction=0.2, negative_fraction=0.15,
               wave_range=(1.095, 1.555), z=1.3293, fov_size=30, fov_angle=28.0,
               noise=0.5, edge_noise=2.0, line_sigma_kms=75.0, amp_range=(3.0, 3000.0),
-              neighbour=None, separate=False):
+              neighbour=None, separate=False, noise_correlation=0.0, err_scale=1.0):
     """Build a seeded synthetic NIRSpec-like cube with injected artifacts.
 
     Parameters
@@ -236,11 +249,29 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
         whole target, and one that finds no free place in 100 draws is placed
         anyway. The default (False) lets them
         pile up, e.g. several on the few brightest voxels of a compact line core.
+    noise_correlation : float
+        Gaussian sigma, in spaxels, of the kernel that correlates the noise between
+        spaxels of a plane (0: independent noise). Each voxel's noise keeps the
+        standard deviation ERR; two spaxels ``d`` apart correlate by about
+        ``exp(-d**2 / (4 noise_correlation**2))`` (at 0.7: 0.58 for neighbours,
+        and the noise of a sum over a wide aperture is 2.4 times what independent
+        noise would give).
+        The same random draws are used, so the artifacts equal those of the cube
+        made without it.
+    err_scale : float
+        The ERR array written is this times the true noise (below 1: an ERR that
+        underestimates the noise). Artifact amplitudes are drawn in units of the
+        true noise.
 
     Returns
     -------
     SyntheticCube
     """
+    if not noise_correlation >= 0:
+        raise ValueError(f"noise_correlation = {noise_correlation!r}: expected a Gaussian "
+                         "sigma in spaxels, 0 or more")
+    if not err_scale > 0:
+        raise ValueError(f"err_scale = {err_scale!r}: expected a factor above 0")
     rng = np.random.default_rng(seed)
     nw, ny, nx = shape
     wave = np.linspace(wave_range[0], wave_range[1], nw)
@@ -304,7 +335,7 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
     model[:, ~footprint] = np.nan
     err[:, ~footprint] = np.nan
 
-    clean = model + rng.normal(size=shape) * err
+    clean = model + _correlated(rng.normal(size=shape), noise_correlation) * err
     artifacts_cube = np.zeros(shape)
     artifacts = []
     n_on_line = int(round(n_artifacts * on_line_fraction)) if line is not None else 0
@@ -370,12 +401,29 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
     wmap = np.broadcast_to(np.where(footprint, 1.0 / edge**2, 0.0), shape)
     sci = (clean + artifacts_cube).astype(np.float32)
     return SyntheticCube(
-        sci=sci, err=err.astype(np.float32), clean=clean.astype(np.float32),
+        sci=sci, err=(err_scale * err).astype(np.float32), clean=clean.astype(np.float32),
         model=model.astype(np.float32), dq=dq, wmap=wmap.astype(np.float32),
         wavelength=wave, footprint=footprint, artifacts=artifacts, z=z, line=line,
         kind=kind,
         neighbour_model=None if neighbour_model is None else neighbour_model.astype(np.float32),
+        err_scale=float(err_scale),
     )
+
+
+def _correlated(white, sigma):
+    """Unit-variance noise ``white`` (planes, y, x) smoothed over each plane by a
+    Gaussian of ``sigma`` spaxels and scaled back to unit variance (periodic
+    edges, so every spaxel keeps it exactly); ``white`` itself for ``sigma`` 0."""
+    if sigma == 0:
+        return white
+    # the smoothing kernel's weights along one axis; the 2-D kernel is their outer
+    # product, so its sum of squares is the square of theirs
+    size = 2 * int(np.ceil(4 * sigma)) + 1
+    impulse = np.zeros(size)
+    impulse[size // 2] = 1.0
+    weights = ndimage.gaussian_filter1d(impulse, sigma, mode="constant")
+    smoothed = ndimage.gaussian_filter(white, (0, sigma, sigma), mode="wrap")
+    return smoothed / np.sum(weights ** 2)
 
 
 def score_flags(cube, flags, *, strong=10.0):

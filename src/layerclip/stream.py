@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .clip import METHODS, clip_cube, halo_planes
+from .clip import METHODS, clip_cube, cube_err_factor, halo_planes
 from .errors import LayerclipWarning
 from .io.cube import Cube
-from .layers import EXCLUDED
+from .layers import EXCLUDED, validate_layer_map
 
 __all__ = ["StreamResult", "clip_stream", "stream_no_data", "stream_layer_map",
            "window_cube", "auto_block_planes", "clean_source", "clipped_flags"]
@@ -107,7 +107,9 @@ def clip_stream(source, layer_map, *, writer=None, method=None, block_planes=Non
         depend on it.
     **params
         Method parameters passed to :func:`layerclip.clip_cube` (``sigma``,
-        ``maxiters``, ...).
+        ``maxiters``, ...). In robust mode ``err_factor``, unless given, is
+        measured once on the whole cube (:func:`layerclip.clip.cube_err_factor`,
+        reading its sample windows of planes) and given to every block.
 
     Returns
     -------
@@ -120,6 +122,10 @@ def clip_stream(source, layer_map, *, writer=None, method=None, block_planes=Non
     if block_planes is None:
         block_planes = auto_block_planes(source.shape, method=method, halo=halo)
     block_planes = int(block_planes)
+    if method == "robust" and params.get("err_factor") is None:
+        params = {**params, "err_factor": cube_err_factor(
+            lambda planes, cols: _read_planes(source, planes, cols, block_planes), nw,
+            validate_layer_map(layer_map, (ny, nx)))}
     per_spaxel = np.zeros((ny, nx), dtype=np.int64)
     result_params, used_map = None, None
     for block, own in source.blocks(block_planes, halo=halo):
@@ -138,6 +144,25 @@ def clip_stream(source, layer_map, *, writer=None, method=None, block_planes=Non
         del block, result, flags
     return StreamResult(shape=source.shape, layer_map=used_map, method=method,
                         params=result_params or {}, per_spaxel=per_spaxel)
+
+
+def _read_planes(source, planes, cols, block_planes):
+    """SCI, ERR and the excluded voxels of ``source`` at the planes ``planes`` (an
+    int array) and flat spaxel indices ``cols``, each of shape (planes.size,
+    cols.size); read in blocks of ``block_planes`` planes, each once, skipping
+    blocks that hold none of them."""
+    wanted = np.unique(planes)
+    rows = {}
+    for start in range(int(wanted[0]), int(wanted[-1]) + 1, block_planes):
+        inside = wanted[(wanted >= start) & (wanted < start + block_planes)]
+        if inside.size == 0:
+            continue
+        block = source.read(start, int(inside[-1]) + 1)
+        arrays = [a.reshape(a.shape[0], -1)[np.ix_(inside - start, cols)]
+                  for a in (block.sci, block.err, block.excluded)]
+        for i, k in enumerate(inside):
+            rows[int(k)] = [a[i] for a in arrays]
+    return tuple(np.stack([rows[int(k)][j] for k in planes]) for j in range(3))
 
 
 def stream_no_data(source, *, block_planes=None):
