@@ -149,19 +149,18 @@ def clip_stream(source, layer_map, *, writer=None, method=None, block_planes=Non
 def _read_planes(source, planes, cols, block_planes):
     """SCI, ERR and the excluded voxels of ``source`` at the planes ``planes`` (an
     int array) and flat spaxel indices ``cols``, each of shape (planes.size,
-    cols.size); read in blocks of ``block_planes`` planes, each once, skipping
-    blocks that hold none of them."""
+    cols.size). Only those planes are read: each run of consecutive ones once, in
+    blocks of at most ``block_planes``."""
     wanted = np.unique(planes)
     rows = {}
-    for start in range(int(wanted[0]), int(wanted[-1]) + 1, block_planes):
-        inside = wanted[(wanted >= start) & (wanted < start + block_planes)]
-        if inside.size == 0:
-            continue
-        block = source.read(start, int(inside[-1]) + 1)
-        arrays = [a.reshape(a.shape[0], -1)[np.ix_(inside - start, cols)]
-                  for a in (block.sci, block.err, block.excluded)]
-        for i, k in enumerate(inside):
-            rows[int(k)] = [a[i] for a in arrays]
+    for run in np.split(wanted, np.flatnonzero(np.diff(wanted) > 1) + 1):
+        for start in range(int(run[0]), int(run[-1]) + 1, block_planes):
+            stop = min(start + block_planes, int(run[-1]) + 1)
+            block = source.read(start, stop)
+            arrays = [a.reshape(stop - start, -1)[:, cols]
+                      for a in (block.sci, block.err, block.excluded)]
+            for i in range(stop - start):
+                rows[start + i] = [a[i] for a in arrays]
     return tuple(np.stack([rows[int(k)][j] for k in planes]) for j in range(3))
 
 
