@@ -93,32 +93,37 @@ METHODS = {
 
 
 def metrics(cube, lm, planes, sci, flags):
-    # (scored in units of the true noise, where the cube's ERR misstates it)
+    # scored in units of the true noise (where the cube's ERR misstates it), and on
+    # the voxels that hold data only (a cube with holes has neither SCI nor ERR there)
+    given = np.isfinite(cube.sci)
     err = cube.err.astype(float) / cube.err_scale
     clean = cube.clean.astype(float)
     after = np.asarray(sci, float)
     strong_missed = strong_left = all_left = n_strong = 0
     for art in cube.artifacts:
         vox = art.voxels
-        inj = np.abs(art.values) / err[vox]
+        held = given[vox]
+        inj = np.where(held, np.abs(art.values) / np.where(held, err[vox], 1.0), 0.0)
         left = np.abs(after[vox] - clean[vox]) / err[vox]
-        left = np.where(np.isfinite(left), left, 0.0)
+        left = np.where(held & np.isfinite(left), left, 0.0)
         if abs(art.peak_sigma) > 10:
             n_strong += 1
             strong_missed += bool(np.any((inj > 10) & ~flags[vox]))
             strong_left += bool(np.any(left > 10))
         all_left += bool(np.any(left > 5))
-    no_art = ~cube.artifact_mask & np.isfinite(clean)
+    no_art = ~cube.artifact_mask & np.isfinite(clean) & given
     false = flags & no_art
     with np.errstate(invalid="ignore"):
         on_signal = false & (cube.model / err > 10)
         change = np.abs(after - clean) / err
     damage = no_art & np.isfinite(after) & (change > 3)
     target = lm > 0
-    sub_after = np.where(np.isfinite(after), after, 0.0)[planes][:, target]
-    sub_clean = clean[planes][:, target]
+    held = given[planes][:, target]
+    sub_after = np.where(held & np.isfinite(after[planes][:, target]),
+                         after[planes][:, target], 0.0)
+    sub_clean = np.where(held, clean[planes][:, target], 0.0)
     flux_pct = 100 * (sub_after.sum() - sub_clean.sum()) / sub_clean.sum()
-    spax_err = np.sqrt((err[planes][:, target] ** 2).sum(axis=0))
+    spax_err = np.sqrt((np.where(held, err[planes][:, target], 0.0) ** 2).sum(axis=0))
     worst = np.max(np.abs(sub_after.sum(axis=0) - sub_clean.sum(axis=0)) / spax_err)
     return {"n_strong": n_strong, "n_all": len(cube.artifacts), "strong_missed": strong_missed,
             "strong_left": strong_left, "all_left": all_left, "false": int(false.sum()),

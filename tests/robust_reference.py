@@ -74,7 +74,10 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
         Voxels a spaxel's own fit may use.
     template, template_ok : ndarray
         Neighbour spectra and where they are usable; a neighbour is used for a
-        voxel only if it is usable on every plane of the window.
+        voxel only if it is usable on every plane of the window, or (with ``raw``,
+        without ``drop_adjacent``) where it is not usable in ``raw`` (a NaN hole)
+        on one plane at most, not the voxel's: that plane is then dropped from the
+        fit and the neighbour's value there filled in from the planes either side.
     ks, ss : ndarray of int
         Planes and spaxels to predict.
     screen, bright : ndarray, optional
@@ -115,7 +118,14 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
     has = nb >= 0
     nbc = np.where(has, nb, 0)
     n_val = template[kk[:, :, None], nbc[:, None, :]]
-    use = has & template_ok[kk[:, :, None], nbc[:, None, :]].all(axis=1)
+    nb_ok = template_ok[kk[:, :, None], nbc[:, None, :]]
+    holes = np.zeros(nb_ok.shape, bool)
+    if raw is not None and not drop_adjacent:
+        # (unusable voxels are holes; a repaired one without a value is not; the
+        # tail check's fits, drop_adjacent, allow none)
+        holes = ~raw[1][kk[:, :, None], nbc[:, None, :]]
+    use = (has & (nb_ok | holes).all(axis=1) & (holes.sum(axis=1) <= 1)
+           & ~holes[rows, centre_at])
     tainted = np.zeros(ks.size, bool)
     if flagged is not None:
         if drop_adjacent:
@@ -139,6 +149,15 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
         hit = use & outlying
         minority = 2 * hit.sum(axis=1) < use.sum(axis=1)
         use &= ~(hit & minority[:, None])
+    # the planes where a neighbour in the basis has a hole are dropped from the fit;
+    # its value there is the mean of the planes either side (at an end, the next)
+    holed = holes & use[:, None, :]
+    ok = ok & ~holed.any(axis=2)
+    fill = np.empty(n_val.shape)
+    fill[:, 1:-1] = 0.5 * (n_val[:, :-2] + n_val[:, 2:])
+    fill[:, 0] = n_val[:, 1]
+    fill[:, -1] = n_val[:, -2]
+    n_val = np.where(holed, fill, n_val)
     n_val = np.where(use[:, None, :], n_val, 0.0)
     basis = np.empty(kk.shape + (5,))
     basis[..., 0] = 1.0

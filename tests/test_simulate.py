@@ -76,9 +76,21 @@ def test_err_scale_misstates_only_the_err_array():
     np.testing.assert_array_equal(under.clean, true.clean)
 
 
-@pytest.mark.parametrize("option", [{"noise_correlation": -0.5}, {"err_scale": 0.0},
+@pytest.mark.parametrize("option", [{"noise_correlation": -0.5}, {"err_scale": 0.0}, {"holes": 1.0},
                                     {"noise_correlation": float("nan")}])
 def test_bad_noise_options_are_refused(option):
     name = next(iter(option))
     with pytest.raises(ValueError, match=name):
         make_cube("arc", seed=0, **option, **SHAPE)
+
+
+def test_holes_leave_voxels_without_data_and_the_rest_alone():
+    full = make_cube("arc", seed=2, **SHAPE)
+    holed = make_cube("arc", seed=2, holes=0.02, **SHAPE)
+    hole = np.isnan(holed.sci) & full.footprint[None]
+    assert hole[:, full.footprint].mean() == pytest.approx(0.02, abs=0.002)
+    assert np.isnan(holed.err[hole]).all()
+    assert (holed.dq[hole] & 1).all()
+    np.testing.assert_array_equal(holed.sci[~hole], full.sci[~hole])
+    np.testing.assert_array_equal(holed.clean, full.clean)
+    assert len(holed.artifacts) == len(full.artifacts)

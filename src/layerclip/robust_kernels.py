@@ -44,6 +44,9 @@ _SIDING_ROUNDS = 2
 _CHECK_SIGMA = 3.0
 # A bright spectrum the screen's baseline follows this many planes either side is smooth.
 _SMOOTH_PLANES = 3
+# A neighbour with this many unusable planes (NaN holes) in a fit window, none of them
+# the voxel's own plane, stays in the basis; the fit drops those planes instead.
+_NEIGHBOUR_HOLES = 1
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
@@ -562,6 +565,22 @@ def _median_of_neighbours(wv, weight, n_val, deriv, use, length, centre, cand, l
 
 
 @njit(**_JIT)
+def _fill_holes(n_val, length):
+    """Each NaN of ``n_val[:length]`` (at most one per neighbour) set to the mean of
+    the values either side of it along the window, or at the window's ends to the
+    one next to it."""
+    for q in range(8):
+        for j in range(length):
+            if np.isnan(n_val[j, q]):
+                if j == 0:
+                    n_val[j, q] = n_val[1, q]
+                elif j == length - 1:
+                    n_val[j, q] = n_val[j - 1, q]
+                else:
+                    n_val[j, q] = 0.5 * (n_val[j - 1, q] + n_val[j + 1, q])
+
+
+@njit(**_JIT)
 def _gradients(n_val, length, deriv):
     """``deriv[:, q]``: ``np.gradient`` of each neighbour's window (one-sided at the ends)."""
     for q in range(8):
@@ -595,9 +614,12 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
     repaired, repaired_value : ndarray
         Where ``repaired`` and ``repaired_value`` is finite, a neighbour's spectrum
         takes ``repaired_value`` instead of ``y``; where ``repaired`` and it is not
-        finite, the neighbour is unusable there. A neighbour is used for a voxel
-        only if it is usable on every plane of the window, and not if it is
-        repaired on the voxel's own plane while such neighbours are a minority.
+        finite, the neighbour is not used. A neighbour is used for a voxel only
+        if it is usable on the voxel's plane and on every plane of the window but
+        at most ``_NEIGHBOUR_HOLES`` (none with ``drop_adjacent``; the fit then
+        drops those planes, and the neighbour's value there is filled in from the
+        planes either side for its slope), and not if it is repaired on the
+        voxel's own plane while such neighbours are a minority.
     any_repaired, any_broken : bool
         Whether ``repaired`` marks any voxel, and any without a finite value (when
         not, those arrays are not read).
@@ -632,6 +654,7 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
     deriv = np.empty((length, 8))
     basis = np.empty((length, _N_BASIS))
     use = np.empty(8, np.bool_)
+    holed_nb = np.empty(8, np.bool_)
     level = np.empty(8)
     cand = np.empty(8)
     lev = np.empty(8)
@@ -674,7 +697,14 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
         n_use = 0
         for q in range(8):
             nb = neighbours[q, s]
-            ok = nb >= 0 and unusable_before[first + length, nb] == unusable_before[first, nb]
+            # (a hole costs the fit a plane; the tail check's fits, which do without
+            # a residual's planes and those next to them, leave such a neighbour
+            # out instead)
+            holes = unusable_before[first + length, nb] - unusable_before[first, nb] \
+                if nb >= 0 else 0
+            ok = nb >= 0 and usable[k, nb] and holes <= (
+                0 if drop_adjacent else _NEIGHBOUR_HOLES)
+            holed_nb[q] = ok and holes > 0
             if ok and any_broken:
                 for j in range(length):
                     kk = first + j
@@ -729,11 +759,18 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                     if use[q] and level[q] > 0.0:
                         use[q] = False
                         n_use -= 1
+        holed = False
         for j in range(length):
             kk = first + j
             for q in range(8):
                 if not use[q]:
                     n_val[j, q] = 0.0
+                elif holed_nb[q] and not usable[kk, neighbours[q, s]]:
+                    # a hole in a neighbour's window: the plane is dropped from the
+                    # fit, and the neighbour's value there filled in for its slope
+                    n_val[j, q] = np.nan
+                    weight[j] = 0.0
+                    holed = True
                 elif any_repaired:
                     # (written out: arrays passed to a helper in this loop cost two
                     # reference-count updates per call, a third of the refits' time)
@@ -744,7 +781,12 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                     n_val[j, q] = v
                 else:
                     n_val[j, q] = y[kk, neighbours[q, s]]
-            _basis_row(n_val, basis, j)
+            if not holed:
+                _basis_row(n_val, basis, j)
+        if holed:
+            _fill_holes(n_val, length)
+            for j in range(length):
+                _basis_row(n_val, basis, j)
         rank = 5 if n_use > 0 else 1
         e2 = e[k, s] * e[k, s]
         weight[centre] = 0.0
@@ -1142,8 +1184,9 @@ def sum_fit_voxels(y, e, usable, unusable_before, exclude, repaired, repaired_va
     """Replacement values from a two-term fit on the summed neighbour spectrum.
 
     Over the planes ``k-H..k+H`` without ``k``, the voxel's spectrum is fitted as
-    ``b + a * S`` (weights 1/ERR^2), where ``S`` sums the neighbours usable on every
-    plane of the window (read repaired, as in :func:`predict_voxels`); one point
+    ``b + a * S`` (weights 1/ERR^2), where ``S`` sums the neighbours usable on the
+    voxel's plane and on every plane of the window but at most ``_NEIGHBOUR_HOLES``,
+    whose planes the fit drops (read repaired, as in :func:`predict_voxels`); one point
     missed beyond 4 ERR and four times the typical miss is dropped once. On a faint
     spectrum the five-term fit of :func:`predict_voxels` regresses on five noisy
     spectra, and its slopes, hence its predicted line peaks, come out diluted towards
@@ -1181,6 +1224,7 @@ def sum_fit_voxels(y, e, usable, unusable_before, exclude, repaired, repaired_va
     weight = np.empty(length)
     resid = np.empty(length)
     buf = np.empty(length)
+    holes = np.empty(length, np.bool_)
     for i in range(ks.size):
         k = ks[i]
         s = ss[i]
@@ -1193,14 +1237,19 @@ def sum_fit_voxels(y, e, usable, unusable_before, exclude, repaired, repaired_va
             noise[j] = 0.0
         noise_at_k = 0.0
         n_use = 0
+        for j in range(length):
+            holes[j] = False
         for q in range(8):
             nb = neighbours[q, s]
-            if nb < 0 or unusable_before[first + length, nb] != unusable_before[first, nb]:
+            if nb < 0 or not usable[k, nb] or (unusable_before[first + length, nb]
+                                               - unusable_before[first, nb] > _NEIGHBOUR_HOLES):
                 continue
             ok = True
             for j in range(length):
                 kk = first + j
                 column[j] = y[kk, nb]
+                if not usable[kk, nb]:
+                    continue  # a hole: the fit drops this plane
                 if repaired[kk, nb] and np.isfinite(repaired_value[kk, nb]):
                     column[j] = repaired_value[kk, nb]
                 ok = ok and np.isfinite(column[j])
@@ -1208,14 +1257,18 @@ def sum_fit_voxels(y, e, usable, unusable_before, exclude, repaired, repaired_va
                 continue
             n_use += 1
             for j in range(length):
-                total[j] += column[j]
-                noise[j] += e[first + j, nb] * e[first + j, nb]
+                kk = first + j
+                if usable[kk, nb]:
+                    total[j] += column[j]
+                    noise[j] += e[kk, nb] * e[kk, nb]
+                else:
+                    holes[j] = True
             noise_at_k += e[k, nb] * e[k, nb]
         if n_use < 3:
             continue
         for j in range(length):
             kk = first + j
-            ok = j != centre and usable[kk, s] and not exclude[kk, s]
+            ok = j != centre and usable[kk, s] and not exclude[kk, s] and not holes[j]
             weight[j] = 1.0 / (e[kk, s] * e[kk, s]) if ok else 0.0
             own[j] = y[kk, s] if ok else 0.0
         for attempt in range(2):

@@ -196,7 +196,8 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
               peak_snr=None, on_line_fraction=0.2, negative_fraction=0.15,
               wave_range=(1.095, 1.555), z=1.3293, fov_size=30, fov_angle=28.0,
               noise=0.5, edge_noise=2.0, line_sigma_kms=75.0, amp_range=(3.0, 3000.0),
-              neighbour=None, separate=False, noise_correlation=0.0, err_scale=1.0):
+              neighbour=None, separate=False, noise_correlation=0.0, err_scale=1.0,
+              holes=0.0):
     """Build a seeded synthetic NIRSpec-like cube with injected artifacts.
 
     Parameters
@@ -262,6 +263,11 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
         The ERR array written is this times the true noise (below 1: an ERR that
         underestimates the noise). Artifact amplitudes are drawn in units of the
         true noise.
+    holes : float
+        Fraction of the voxels inside the field left without data: SCI and ERR NaN,
+        DQ DO_NOT_USE, as a pipeline leaves voxels no valid detector pixel reached
+        (``clean`` and ``model`` keep their values there). Drawn from a random
+        stream of their own, so everything else equals the cube made without them.
 
     Returns
     -------
@@ -272,6 +278,8 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
                          "sigma in spaxels, 0 or more")
     if not err_scale > 0:
         raise ValueError(f"err_scale = {err_scale!r}: expected a factor above 0")
+    if not 0 <= holes < 1:
+        raise ValueError(f"holes = {holes!r}: expected a fraction of the voxels, 0 to below 1")
     rng = np.random.default_rng(seed)
     nw, ny, nx = shape
     wave = np.linspace(wave_range[0], wave_range[1], nw)
@@ -400,8 +408,14 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
     dq[:, ~footprint] = DO_NOT_USE | NON_SCIENCE
     wmap = np.broadcast_to(np.where(footprint, 1.0 / edge**2, 0.0), shape)
     sci = (clean + artifacts_cube).astype(np.float32)
+    err_out = (err_scale * err).astype(np.float32)
+    if holes:
+        hole = (np.random.default_rng([seed, 1]).random(shape) < holes) & footprint[None]
+        sci[hole] = np.nan
+        err_out[hole] = np.nan
+        dq[hole] |= DO_NOT_USE
     return SyntheticCube(
-        sci=sci, err=(err_scale * err).astype(np.float32), clean=clean.astype(np.float32),
+        sci=sci, err=err_out, clean=clean.astype(np.float32),
         model=model.astype(np.float32), dq=dq, wmap=wmap.astype(np.float32),
         wavelength=wave, footprint=footprint, artifacts=artifacts, z=z, line=line,
         kind=kind,
