@@ -49,7 +49,10 @@ from its eight neighbours::
 ``edge`` and ``diag`` are the summed spectra of the four edge and four corner
 neighbours (together they follow the spaxel's brightness and the PSF's curvature);
 the two differences carry the spatial gradient, and so the sub-plane line shift of
-a velocity gradient. The fit evaluated at ``k`` is the prediction. Its variance is
+a velocity gradient. A neighbour without data on one plane of the window (a NaN
+hole, not on ``k``) stays in; the fit drops that plane (the tail check's fits,
+below, leave such a neighbour out instead: they already do without a residual's
+planes). The fit evaluated at ``k`` is the prediction. Its variance is
 the fit's propagated noise (leverage times the reduced chi-square, at least 1)
 plus ``model_error`` times the excess, beyond noise, of the window's leave-one-out
 (PRESS) residuals (their mean, or the worst of the two planes either side of
