@@ -286,7 +286,7 @@ _TAIL_FRACTION = 0.9
 _NOISE_PLANES = 32
 _NOISE_RESIDUALS = 16384
 # An ERR that understates the noise by more than this fraction is scaled up before
-# clipping. (benchmarks/bench_err_factor.py: on the 75 benchmark cubes with a right
+# clipping. (benchmarks/bench_err_factor.py: on the 90 benchmark cubes with a right
 # ERR the measured ratio is 0.969-1.023; on the 15 with ERR 0.7 times the noise,
 # 1.379-1.464, for a true 1.429.)
 _ERR_TOLERANCE = 0.05

@@ -702,8 +702,9 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
             # out instead)
             holes = unusable_before[first + length, nb] - unusable_before[first, nb] \
                 if nb >= 0 else 0
-            ok = nb >= 0 and usable[k, nb] and holes <= (
-                0 if drop_adjacent else _NEIGHBOUR_HOLES)
+            # (k lies in the window: without holes it is usable there)
+            ok = nb >= 0 and (holes == 0 or holes <= (0 if drop_adjacent else _NEIGHBOUR_HOLES)
+                              and usable[k, nb])
             holed_nb[q] = ok and holes > 0
             if ok and any_broken:
                 for j in range(length):
@@ -759,18 +760,11 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                     if use[q] and level[q] > 0.0:
                         use[q] = False
                         n_use -= 1
-        holed = False
         for j in range(length):
             kk = first + j
             for q in range(8):
                 if not use[q]:
                     n_val[j, q] = 0.0
-                elif holed_nb[q] and not usable[kk, neighbours[q, s]]:
-                    # a hole in a neighbour's window: the plane is dropped from the
-                    # fit, and the neighbour's value there filled in for its slope
-                    n_val[j, q] = np.nan
-                    weight[j] = 0.0
-                    holed = True
                 elif any_repaired:
                     # (written out: arrays passed to a helper in this loop cost two
                     # reference-count updates per call, a third of the refits' time)
@@ -781,8 +775,19 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                     n_val[j, q] = v
                 else:
                     n_val[j, q] = y[kk, neighbours[q, s]]
-            if not holed:
-                _basis_row(n_val, basis, j)
+            _basis_row(n_val, basis, j)
+        # a hole in a neighbour's window: the plane is dropped from the fit, and the
+        # neighbour's value there filled in for its slope (apart from the loop
+        # above, which stays as fast as without holes)
+        holed = False
+        for q in range(8):
+            if use[q] and holed_nb[q]:
+                nb = neighbours[q, s]
+                for j in range(length):
+                    if not usable[first + j, nb]:
+                        n_val[j, q] = np.nan
+                        weight[j] = 0.0
+                        holed = True
         if holed:
             _fill_holes(n_val, length)
             for j in range(length):
@@ -1241,14 +1246,16 @@ def sum_fit_voxels(y, e, usable, unusable_before, exclude, repaired, repaired_va
             holes[j] = False
         for q in range(8):
             nb = neighbours[q, s]
-            if nb < 0 or not usable[k, nb] or (unusable_before[first + length, nb]
-                                               - unusable_before[first, nb] > _NEIGHBOUR_HOLES):
+            if nb < 0:
+                continue
+            n_holes = unusable_before[first + length, nb] - unusable_before[first, nb]
+            if n_holes > _NEIGHBOUR_HOLES or not usable[k, nb]:
                 continue
             ok = True
             for j in range(length):
                 kk = first + j
                 column[j] = y[kk, nb]
-                if not usable[kk, nb]:
+                if n_holes and not usable[kk, nb]:
                     continue  # a hole: the fit drops this plane
                 if repaired[kk, nb] and np.isfinite(repaired_value[kk, nb]):
                     column[j] = repaired_value[kk, nb]
@@ -1258,11 +1265,11 @@ def sum_fit_voxels(y, e, usable, unusable_before, exclude, repaired, repaired_va
             n_use += 1
             for j in range(length):
                 kk = first + j
-                if usable[kk, nb]:
+                if n_holes and not usable[kk, nb]:
+                    holes[j] = True
+                else:
                     total[j] += column[j]
                     noise[j] += e[kk, nb] * e[kk, nb]
-                else:
-                    holes[j] = True
             noise_at_k += e[k, nb] * e[k, nb]
         if n_use < 3:
             continue
