@@ -152,3 +152,8 @@ def test_stream_measures_err_factor_on_the_whole_cube(tmp_path):
         assert ha == hb, name
         if da is not None:
             assert da.tobytes() == db.tobytes(), name
+    # recorded, and shown by `layerclip info`
+    from layerclip.info import file_info
+
+    text = file_info(tmp_path / "streamed.fits").to_text()
+    assert f"ERR scaled by      {r1.params['err_factor']}" in text

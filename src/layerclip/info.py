@@ -60,6 +60,9 @@ class CleanedInfo:
             rows.append(f"  cleaned from       {p['input']}")
         settings = " ".join(f"{k}={p[k]}" for k in ("sigma", "maxiters") if k in p)
         rows.append(f"  method             {p.get('method', 'unknown')} {settings}".rstrip())
+        if "err_factor" in p:
+            rows.append(f"  ERR scaled by      {p['err_factor']} (measured: noise / ERR; 1: "
+                        "ERR kept)")
         if "layers" in p:
             rows.append(f"  layers             {p['layers']}")
         if "line" in p:
