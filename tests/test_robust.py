@@ -752,6 +752,19 @@ def test_err_factor_scales_err_everywhere():
     assert halved.params["err_factor"] == 2.0
 
 
+def test_err_factor_is_the_same_whole_and_in_blocks():
+    # measured from the block's arrays when the cube is one block, else read from
+    # the cube first: the same planes and spaxels, so the same factor and flags
+    cube = make_cube("arc", seed=5, n_artifacts=25, separate=True, err_scale=0.6, **SMALL)
+    lm = target_layer_map(cube)
+    whole = clip_cube(cube.sci, cube.err, lm)
+    blocks = clip_cube(cube.sci, cube.err, lm, block_planes=50)
+    assert whole.params["err_factor"] == pytest.approx(1 / 0.6, rel=0.05)
+    assert blocks.params["err_factor"] == whole.params["err_factor"]
+    np.testing.assert_array_equal(blocks.flags, whole.flags)
+    np.testing.assert_array_equal(blocks.sci, whole.sci)
+
+
 @pytest.mark.parametrize("seed", [4, 5, 6])
 def test_err_factor_is_measured_where_err_understates_the_noise(seed):
     right = benchmark_cube("arc", seed=seed)
