@@ -129,6 +129,8 @@ def _bad_cases(tmp_path):
     (tmp_path / "text.fits").write_text("this is not FITS\n" * 100)
     layers_wrong = tmp_path / "layers_wrong.fits"
     write_layer_map(layers_wrong, np.zeros((5, 5), dtype=int))
+    layers_sky = tmp_path / "layers_sky.fits"
+    write_layer_map(layers_sky, np.zeros((8, 9), dtype=int))
     existing = tmp_path / "exists.fits"
     existing.write_bytes(b"keep me")
     return {
@@ -149,12 +151,15 @@ def _bad_cases(tmp_path):
                             "is the input file"),
         "output exists": ([str(good), "--obs-wave", "1.005", "--existing"],
                           "already exists"),
+        "err factor": ([str(good), "--layers", str(layers_sky), "--err-factor", "0"],
+                       r"--err-factor 0\.0: expected a positive number"),
     }, existing
 
 
 @pytest.mark.parametrize("case", ["missing file", "not FITS", "no SCI", "no ERR", "not 3-D",
                                   "shapes differ", "layer map shape", "line outside",
-                                  "no target", "output is input", "output exists"])
+                                  "no target", "output is input", "output exists",
+                                  "err factor"])
 def test_refused_inputs(case, tmp_path, capsys):
     cases, existing = _bad_cases(tmp_path)
     args, message = cases[case]

@@ -86,6 +86,10 @@ def test_load_resolves_paths_and_merges(target_dir):
     assert g140.spec.rule == "auto" and g235.spec.rule == "edges"
     assert [e["op"] for e in g235.spec.edits] == ["lift_edges", "move"]
     assert g140.clean_options() == {"method": "paper", "sigma": 5.0, "maxiters": 5}
+    # err_factor is taken as an option of the clean
+    forced = load_recipe(_write(target_dir, RECIPE.replace(
+        "[clean]\n", "[clean]\nerr_factor = 1.0\n", 1)))
+    assert forced.cubes[0].clean_options()["err_factor"] == 1.0
     assert recipe.select("g235h") == [g235]
     with pytest.raises(OptionError, match="has cubes g140h, g235h"):
         recipe.select("g395h")
@@ -147,6 +151,8 @@ BAD = {
                  r"unknown key 'widht' \(did you mean 'width'\?\)"),
     "missing region": ("[target]\nremove_regions = [\"nope.reg\"]\n", InputFileError,
                        r"remove_regions: nope.reg: no such file \(resolved to .*nope.reg\)"),
+    "bad err factor": ("[clean]\nerr_factor = -1.0\n", OptionError,
+                       r"\[clean\] err_factor: -1.0: expected a positive number"),
 }
 
 

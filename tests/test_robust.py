@@ -791,7 +791,7 @@ def test_err_that_understates_the_noise_does_not_hide_residuals():
 @pytest.mark.parametrize("factor", [0.0, -1.0, np.nan, np.inf])
 def test_bad_err_factor_is_refused(factor):
     cube = make_cube("arc", seed=5, n_artifacts=0, **SMALL)
-    with pytest.raises(OptionError, match="err_factor"):
+    with pytest.raises(OptionError, match="--err-factor"):
         clip_cube(cube.sci, cube.err, target_layer_map(cube), err_factor=factor)
 
 

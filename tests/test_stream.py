@@ -157,3 +157,11 @@ def test_stream_measures_err_factor_on_the_whole_cube(tmp_path):
 
     text = file_info(tmp_path / "streamed.fits").to_text()
     assert f"ERR scaled by      {r1.params['err_factor']}" in text
+    # --err-factor 1 keeps ERR as it is, in memory and out of core
+    from layerclip.cli import main
+
+    for extra in ([], ["--block-planes", "20"]):
+        out = tmp_path / f"kept{len(extra)}.fits"
+        assert main(["clean", str(path), "-o", str(out), "--line", cube.line, "--z",
+                     str(cube.z), "--err-factor", "1", *extra]) == 0
+        assert "ERR scaled by      1.0 " in file_info(out).to_text()

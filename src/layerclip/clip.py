@@ -295,8 +295,8 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
                               "(inf turns the ceiling off)")
         robust_opts["ceiling_ratio"] = float(ceiling_ratio)
     if err_factor is not None and not (np.isfinite(err_factor) and err_factor > 0):
-        raise OptionError(f"err_factor {err_factor!r}: expected a positive number (how many "
-                          "times the noise exceeds ERR)")
+        raise OptionError(f"--err-factor {err_factor!r}: expected a positive number (how "
+                          "many times the noise exceeds ERR)")
 
     nw, ny, nx = sci.shape
     if method == "paper" and replace == "median":

@@ -134,7 +134,7 @@ def clean_file(input_path, output_path, *, method="robust", sigma=5.0, maxiters=
                layers=None, line=None, z=None, obs_wave=None, width_kms=750.0,
                threshold=3.0, n_layers="auto", overwrite=False, read_options=None,
                block_planes=None, primary_cards=None, continuum=False, replace=None,
-               grow=None):
+               grow=None, err_factor=None):
     """Clean one cube file (any layout :mod:`layerclip.io.formats` reads) and write it.
 
     The output keeps the input's layout. Cubes larger than ``STREAM_BYTES``, or any
@@ -153,6 +153,10 @@ def clean_file(input_path, output_path, *, method="robust", sigma=5.0, maxiters=
         :func:`layerclip.clip_cube`); ``"nan"`` also sets DQ DO_NOT_USE.
     grow : int, optional
         Robust mode: growing steps (default 2).
+    err_factor : float, optional
+        Robust mode: ERR is multiplied by this (default: measured on the cube, 1
+        unless ERR understates the noise by more than 5%; see
+        :func:`layerclip.clip_cube`).
     layers : str or Path, optional
         A layer-map FITS file; otherwise one is built from the line window given by
         ``line``/``z`` or ``obs_wave``.
@@ -192,7 +196,8 @@ def clean_file(input_path, output_path, *, method="robust", sigma=5.0, maxiters=
             raise OptionError("--continuum cannot build the layer map of a cube cleaned out "
                               "of core; run `layerclip mask --continuum` and pass --layers")
 
-        extra = {k: v for k, v in (("replace", replace), ("grow", grow)) if v is not None}
+        extra = {k: v for k, v in (("replace", replace), ("grow", grow),
+                                   ("err_factor", err_factor)) if v is not None}
         done = clean_source(source, output_path, method=method, sigma=sigma,
                             maxiters=maxiters, layers=layers, line=line, z=z,
                             obs_wave=obs_wave, width_kms=width_kms, threshold=threshold,
@@ -212,7 +217,8 @@ def clean_file(input_path, output_path, *, method="robust", sigma=5.0, maxiters=
     # cube.excluded includes the voxels the ERR policy excludes (CubeSource.read).
     excluded = cube.excluded
     result = clip_cube(cube.sci, cube.err, info.layer_map, method=method, sigma=sigma,
-                       maxiters=maxiters, excluded=excluded, replace=replace, grow=grow)
+                       maxiters=maxiters, excluded=excluded, replace=replace, grow=grow,
+                       err_factor=err_factor)
     hdu = layer_map_hdu(info.layer_map, celestial_wcs=cube.celestial_wcs,
                         snr_edges=info.edges, history=info.history())
     write_cleaned(input_path, output_path, result, layer_hdu=hdu,

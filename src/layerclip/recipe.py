@@ -64,6 +64,7 @@ Schema (every table and key optional unless marked)::
     maxiters = 5
     # replace = "median"           # replacement choice, as --replace
     # grow = 1                     # as --grow
+    # err_factor = 1.0             # as --err-factor (1: keep ERR as it is)
 
     [[cube]]                       # required: one per grating/cube
     name = "g140h"                 # default: the file's stem
@@ -127,7 +128,7 @@ SCHEMA = {
                "rank": "choice:snr|robust", "statistic": "choice:std|std-mean|std-ddof1|mad",
                "balance": "number", "wide_range": "number", "file": "path"},
     "clean": {"method": "str", "sigma": "number", "maxiters": "int", "replace": "str",
-              "grow": "int"},
+              "grow": "int", "err_factor": "number"},
     "cube": {"name": "str", "path": "path", "output": "path", "z": "number", "snr": "table",
              "target": "table", "layers": "table", "clean": "table", "edits": "edits"},
     "edits:move": {"op": "str", "spaxels": "positions", "region": "path", "to_layer": "layer"},
@@ -156,7 +157,8 @@ class CubeEntry:
     layers_file : Path or None
         A finished layer map to use instead of building one.
     clean : dict
-        ``method``, ``sigma``, ``maxiters`` (and ``replace``, ``grow`` when set).
+        ``method``, ``sigma``, ``maxiters`` (and ``replace``, ``grow``, ``err_factor``
+        when set).
     mask_dir : Path
         Folder of its layer map, S/N map and figure.
     """
@@ -362,6 +364,11 @@ def _clean_options(table, ck, where):
         options["replace"] = table["replace"]
     if "grow" in table:
         options["grow"] = int(table["grow"])
+    if "err_factor" in table:
+        if not table["err_factor"] > 0:
+            ck.fail(f"{where} [clean] err_factor", f"{table['err_factor']!r}: expected a "
+                                                   "positive number")
+        options["err_factor"] = float(table["err_factor"])
     return options
 
 

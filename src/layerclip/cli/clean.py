@@ -95,6 +95,10 @@ def add_parser(sub):
     p.add_argument("--grow", type=int, default=None, metavar="N",
                    help="robust mode: grow flags N steps to adjacent planes/spaxels that "
                    "are also > 3 sigma (default 2; 0 turns growing off)")
+    p.add_argument("--err-factor", type=float, default=None, metavar="F",
+                   help="robust mode: multiply ERR by F (default: measured on the cube, "
+                   "how many times the noise exceeds ERR, used where above 1.05; 1 keeps "
+                   "ERR as it is)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--report", metavar="DIR",
                    help="also write the diagnostics report (figures + report.html) here")
@@ -142,7 +146,7 @@ def run(args):
         obs_wave=args.obs_wave, width_kms=args.width, threshold=args.snr_threshold,
         n_layers=args.n_layers, overwrite=args.overwrite, continuum=args.continuum,
         read_options=read_options(args), block_planes=getattr(args, "block_planes", None),
-        replace=args.replace, grow=args.grow,
+        replace=args.replace, grow=args.grow, err_factor=args.err_factor,
     )
     print(summary(result, info))
     print(f"wrote {args.output}")
