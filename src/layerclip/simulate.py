@@ -9,11 +9,12 @@ per-voxel ERR (which rises towards the edge of a rotated field of view, as fewer
 dithers cover it), and ``artifacts`` are cosmic-ray-like residuals spanning 1-3
 planes and 1-4 spaxels whose positions and amplitudes are recorded.
 
-Two properties of real level-3 cubes can be switched on: noise correlated between
-neighbouring spaxels (cube building resamples each detector pixel onto several
-spaxels; Law et al. 2023, arXiv:2306.05520, find the noise of spectra extracted
-from JWST IFU cubes underestimated by factors of 1.5-3 when that covariance is
-ignored), and an ERR array that misstates the noise.
+Three properties of real level-3 cubes can be switched on: noise correlated
+between neighbouring spaxels (cube building resamples each detector pixel onto
+several spaxels; Law et al. 2023, arXiv:2306.05520, find the noise of spectra
+extracted from JWST IFU cubes underestimated by factors of 1.5-3 when that
+covariance is ignored), an ERR array that misstates the noise, and voxels without
+data (NaN holes).
 """
 
 from dataclasses import dataclass, field
