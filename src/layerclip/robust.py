@@ -820,12 +820,17 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
                                     exclude=(outlying, guard), drop_adjacent=True,
                                     flagged=(flags, fk, fs), repaired_value=value,
                                     return_aside=True, **common)
-        # (where the guard leaves too few planes, without it)
-        again = np.flatnonzero(~np.isfinite(v))
-        if again.size:
-            v[again], var[again], left_out[again] = _predict(
-                y, e, usable, neighbours, tk[again], ts[again], exclude=(outlying, flags),
-                flagged=(flags, fk, fs), repaired_value=value, return_aside=True, **common)
+        # (where the guard leaves too few planes, without it; where the voxels the
+        # screen found outlying leave too few, without those: next to two residuals
+        # in one spaxel a few planes apart, their pull on the screen's baseline
+        # makes the clean planes between them look outlying)
+        for skip in ((outlying, flags), (flags,)):
+            again = np.flatnonzero(~np.isfinite(v))
+            if again.size:
+                v[again], var[again], left_out[again] = _predict(
+                    y, e, usable, neighbours, tk[again], ts[again], exclude=skip,
+                    flagged=(flags, fk, fs), repaired_value=value, return_aside=True,
+                    **common)
         faint = np.flatnonzero(~bright[tk, ts])
         if faint.size:
             v2 = np.empty(faint.size)

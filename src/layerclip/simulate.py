@@ -26,7 +26,8 @@ from scipy import ndimage
 from .io.cube import DO_NOT_USE, NON_SCIENCE
 from .lines import C_KMS, LINES
 
-__all__ = ["Artifact", "SyntheticCube", "make_cube", "KINDS", "score_flags"]
+__all__ = ["Artifact", "SyntheticCube", "make_cube", "inject_artifacts", "KINDS",
+           "score_flags"]
 
 KINDS = ("arc", "compact", "faint", "continuum", "ringing")
 
@@ -345,31 +346,100 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
     err[:, ~footprint] = np.nan
 
     clean = model + _correlated(rng.normal(size=shape), noise_correlation) * err
-    artifacts_cube = np.zeros(shape)
-    artifacts = []
     n_on_line = int(round(n_artifacts * on_line_fraction)) if line is not None else 0
-    inside = np.argwhere(footprint)
-    bright = np.argwhere(profile >= 0.5 * profile.max())
-    line_planes = None
+    core_planes = on_line_voxels = None
     if line is not None:
         centre = LINES[line] * (1 + z) * 1e-4
-        line_planes = np.flatnonzero(np.abs(wave - centre) <= centre * 150 / C_KMS)
+        core_planes = np.flatnonzero(np.abs(wave - centre) <= centre * 150 / C_KMS)
+        # kept apart, a few artifacts fill the small brightest core; the others then
+        # go elsewhere on the line: voxels where it is at least a tenth of its peak
+        if separate and line_model is not None:
+            on_line_voxels = np.argwhere(line_model >= 0.1 * line_model.max())
+    artifacts_cube, artifacts = inject_artifacts(
+        rng, err, footprint, n_artifacts=n_artifacts, n_on_signal=n_on_line,
+        core_spaxels=np.argwhere(profile >= 0.5 * profile.max()), core_planes=core_planes,
+        signal_voxels=on_line_voxels, amp_range=amp_range,
+        negative_fraction=negative_fraction, separate=separate)
+
+    dq = np.zeros(shape, dtype=np.uint32)
+    dq[:, ~footprint] = DO_NOT_USE | NON_SCIENCE
+    wmap = np.broadcast_to(np.where(footprint, 1.0 / edge**2, 0.0), shape)
+    sci = (clean + artifacts_cube).astype(np.float32)
+    err_out = (err_scale * err).astype(np.float32)
+    if holes:
+        hole = (np.random.default_rng([seed, 1]).random(shape) < holes) & footprint[None]
+        sci[hole] = np.nan
+        err_out[hole] = np.nan
+        dq[hole] |= DO_NOT_USE
+    return SyntheticCube(
+        sci=sci, err=err_out, clean=clean.astype(np.float32),
+        model=model.astype(np.float32), dq=dq, wmap=wmap.astype(np.float32),
+        wavelength=wave, footprint=footprint, artifacts=artifacts, z=z, line=line,
+        kind=kind,
+        neighbour_model=None if neighbour_model is None else neighbour_model.astype(np.float32),
+        err_scale=float(err_scale),
+    )
+
+
+def inject_artifacts(rng, err, footprint, *, n_artifacts, n_on_signal=0, core_spaxels=None,
+                     core_planes=None, signal_voxels=None, amp_range=(3.0, 3000.0),
+                     negative_fraction=0.15, separate=False):
+    """Cosmic-ray-like residuals: 1-3 planes by 1-4 adjacent spaxels each.
+
+    Each artifact has a peak amplitude drawn log-uniformly from ``amp_range`` in
+    units of the ERR of the voxels it touches, a sign (negative with probability
+    ``negative_fraction``), a profile over its planes (0.4 : 1 : 0.35 for three,
+    1 : 0.45 for two) and weights 0.2-0.6 on the spaxels besides the first.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Draws everything (the same sequence of draws for the same arguments).
+    err : ndarray, shape (planes, y, x)
+        The noise the amplitudes are scaled by.
+    footprint : ndarray of bool, shape (y, x)
+        Spaxels that may be hit.
+    n_artifacts : int
+    n_on_signal : int
+        The first ``n_on_signal`` artifacts start on a spaxel of ``core_spaxels``
+        at a plane of ``core_planes`` (the brightest signal; an emission line's
+        peak planes).
+    core_spaxels : ndarray of int, shape (n, 2), optional
+    core_planes : ndarray of int, optional
+    signal_voxels : ndarray of int, shape (n, 3), optional
+        With ``separate``, where an on-signal artifact that finds no free place in
+        the core in 25 draws is drawn from, 25 times more (planes, y, x); one that
+        finds none there either is drawn from the whole footprint, and one that
+        finds no free place in 100 draws is placed anyway.
+    amp_range : tuple of float
+    negative_fraction : float
+    separate : bool
+        Keep artifacts apart (none within 2 planes and 3 spaxels of another).
+
+    Returns
+    -------
+    values : ndarray, shape of ``err``
+        The sum of the artifacts.
+    artifacts : list of Artifact
+    """
+    shape = err.shape
+    nw, ny, nx = shape
+    values = np.zeros(shape)
+    artifacts = []
+    inside = np.argwhere(footprint)
     neighbours = np.array([(0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (-1, 1)])
     occupied = np.zeros(shape, dtype=bool) if separate else None
-    # Kept apart, a few artifacts fill the small brightest core; the others then go
-    # elsewhere on the line: voxels where it is at least a tenth of its peak.
-    on_line_voxels = (np.argwhere(line_model >= 0.1 * line_model.max())
-                      if separate and line_model is not None else None)
+    have_core = core_planes is not None and len(core_planes) > 0
     for i in range(n_artifacts):
-        on_line = i < n_on_line and line_planes is not None and line_planes.size > 0
+        on_signal = i < n_on_signal and have_core
         for attempt in range(100 if separate else 1):
             if attempt == 50:
-                on_line = False  # no free place on the line
-            if on_line and attempt >= 25:
-                k0, y0, x0 = (int(v) for v in on_line_voxels[rng.integers(len(on_line_voxels))])
-            elif on_line:
-                y0, x0 = bright[rng.integers(len(bright))]
-                k0 = int(rng.choice(line_planes))
+                on_signal = False  # no free place on the signal
+            if on_signal and attempt >= 25:
+                k0, y0, x0 = (int(v) for v in signal_voxels[rng.integers(len(signal_voxels))])
+            elif on_signal:
+                y0, x0 = core_spaxels[rng.integers(len(core_spaxels))]
+                k0 = int(rng.choice(core_planes))
             else:
                 y0, x0 = inside[rng.integers(len(inside))]
                 k0 = int(rng.integers(1, nw - 3))
@@ -401,28 +471,10 @@ def make_cube(kind="arc", *, shape=(1960, 43, 43), seed=0, n_artifacts=120,
                 xs.append(xx)
                 vals.append(sign * amp * pw * sw * err[k, yy, xx])
         art = Artifact(np.array(ks), np.array(ys), np.array(xs), np.array(vals),
-                       peak_sigma=sign * amp, on_line=on_line)
-        np.add.at(artifacts_cube, art.voxels, art.values)
+                       peak_sigma=sign * amp, on_line=on_signal)
+        np.add.at(values, art.voxels, art.values)
         artifacts.append(art)
-
-    dq = np.zeros(shape, dtype=np.uint32)
-    dq[:, ~footprint] = DO_NOT_USE | NON_SCIENCE
-    wmap = np.broadcast_to(np.where(footprint, 1.0 / edge**2, 0.0), shape)
-    sci = (clean + artifacts_cube).astype(np.float32)
-    err_out = (err_scale * err).astype(np.float32)
-    if holes:
-        hole = (np.random.default_rng([seed, 1]).random(shape) < holes) & footprint[None]
-        sci[hole] = np.nan
-        err_out[hole] = np.nan
-        dq[hole] |= DO_NOT_USE
-    return SyntheticCube(
-        sci=sci, err=err_out, clean=clean.astype(np.float32),
-        model=model.astype(np.float32), dq=dq, wmap=wmap.astype(np.float32),
-        wavelength=wave, footprint=footprint, artifacts=artifacts, z=z, line=line,
-        kind=kind,
-        neighbour_model=None if neighbour_model is None else neighbour_model.astype(np.float32),
-        err_scale=float(err_scale),
-    )
+    return values, artifacts
 
 
 def _correlated(white, sigma):
