@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from layerclip.simulate import make_cube
+from layerclip.simulate import inject_artifacts, make_cube
 
 SHAPE = {"shape": (400, 43, 43), "wave_range": (1.095, 1.095 + 399 * 0.46 / 1959)}
 
@@ -94,3 +94,34 @@ def test_holes_leave_voxels_without_data_and_the_rest_alone():
     np.testing.assert_array_equal(holed.sci[~hole], full.sci[~hole])
     np.testing.assert_array_equal(holed.clean, full.clean)
     assert len(holed.artifacts) == len(full.artifacts)
+
+
+def test_inject_artifacts_on_any_cube_follows_the_artifact_model():
+    # the artifact model on a cube the generator did not make (as
+    # benchmarks/quality_real.py uses it on real cubes): inside the footprint,
+    # amplitudes in units of the given ERR, kept apart, the first ones on the core
+    rng = np.random.default_rng(7)
+    err = rng.uniform(0.5, 2.0, size=(120, 20, 16))
+    footprint = np.zeros((20, 16), bool)
+    footprint[2:18, 3:14] = True
+    core_spaxels = np.array([(9, 8), (10, 8)])
+    values, arts = inject_artifacts(rng, err, footprint, n_artifacts=30, n_on_signal=3,
+                                    core_spaxels=core_spaxels, core_planes=np.arange(50, 55),
+                                    signal_voxels=np.argwhere(np.broadcast_to(footprint,
+                                                                              err.shape)),
+                                    separate=True)
+    assert len(arts) == 30
+    total = np.zeros(err.shape)
+    for a in arts:
+        assert footprint[a.ys, a.xs].all()
+        assert 1 <= len(set(a.planes)) <= 3 and 1 <= len(set(zip(a.ys, a.xs, strict=True))) <= 4
+        peak = np.max(np.abs(a.values) / err[a.voxels])
+        assert peak == pytest.approx(abs(a.peak_sigma))
+        assert 3.0 <= abs(a.peak_sigma) <= 3000.0
+        np.add.at(total, a.voxels, a.values)
+    np.testing.assert_allclose(values, total)
+    assert sum(_boxes_overlap(a, b) for i, a in enumerate(arts) for b in arts[i + 1:]) == 0
+    first = arts[0]
+    assert first.on_line and (first.ys[0], first.xs[0]) in {(9, 8), (10, 8)}
+    assert 50 <= first.planes[0] < 55
+    assert not any(a.on_line for a in arts[3:])

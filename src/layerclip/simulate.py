@@ -408,7 +408,8 @@ def inject_artifacts(rng, err, footprint, *, n_artifacts, n_on_signal=0, core_sp
     core_planes : ndarray of int, optional
     signal_voxels : ndarray of int, shape (n, 3), optional
         With ``separate``, where an on-signal artifact that finds no free place in
-        the core in 25 draws is drawn from, 25 times more (planes, y, x); one that
+        the core in 25 draws is drawn from, 25 times more ((plane, y, x) rows, in
+        the footprint, as ``core_spaxels`` must be); one that
         finds none there either is drawn from the whole footprint, and one that
         finds no free place in 100 draws is placed anyway.
     amp_range : tuple of float
