@@ -709,7 +709,6 @@ def test_residual_across_planes_and_spaxels_in_sky_is_removed():
     assert (r.flags & ~(np.abs(sci - clean) > 0)).sum() <= 2
 
 
-
 def test_tail_between_two_residuals_in_one_spaxel_is_caught(shared_data):
     # Two residuals six planes apart in one spaxel of the MUSE UDF cube, the second
     # shared with a diagonal neighbour (drawn so in benchmarks/quality_real.py).
@@ -731,6 +730,7 @@ def test_tail_between_two_residuals_in_one_spaxel_is_caught(shared_data):
     assert r.flags[hit].all()
     assert (np.abs(r.sci - sci) / err)[hit].max() < 2
     assert (r.flags & ~(hit_sci != sci)).sum() <= 2
+
 
 def test_masked_median_matches_numpy(rng):
     values = rng.normal(size=(8, 30))

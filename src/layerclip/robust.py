@@ -163,7 +163,8 @@ the spaxel's fit for a tail holds the residual's other planes in its window (and
 neighbours' spectra the residual's spread), learns its shape and predicts it. So
 the planes next to a flag beyond ``2 sigma`` are fitted once more with the planes
 next to every flag left out of the window (where that leaves too few planes, only
-the flags) and the neighbours flagged next to the tail's plane left out of the
+the flags; where the voxels the screen found outlying leave too few even so, not
+those either) and the neighbours flagged next to the tail's plane left out of the
 basis (a residual over several spaxels leaves its tails in them too); on a faint
 spectrum the two-term fit on the summed neighbours (below) is taken where it is
 the more precise (a five-term fit on a faint continuum, with a flagged neighbour
