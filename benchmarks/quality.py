@@ -235,6 +235,20 @@ def targets(results):
     return fails
 
 
+def continuum_layer_map(sci, err, bad):
+    """The automatic layer map of a real cube from its whole-band S/N map (every
+    spaxel with data is sky where no target stands out); ``bad`` marks the voxels
+    without usable data."""
+    snr, _ = collapsed_snr(sci, err, np.arange(sci.shape[0]), excluded=bad)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LayerclipWarning)
+            lm, _ = auto_layer_map(snr, no_data=bad.all(axis=0))
+    except EmptyTargetError:
+        lm = np.where(bad.all(axis=0), -1, 0).astype(np.int16)
+    return lm
+
+
 def muse_check():
     from astropy.io import fits
 
@@ -245,13 +259,7 @@ def muse_check():
         sci = np.asarray(hdul["DATA"].data, dtype=np.float32)
         err = np.sqrt(np.asarray(hdul["STAT"].data, dtype=np.float64)).astype(np.float32)
     bad = ~np.isfinite(sci) | ~np.isfinite(err)
-    snr, _ = collapsed_snr(sci, err, np.arange(sci.shape[0]), excluded=bad)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", LayerclipWarning)
-            lm, _ = auto_layer_map(snr, no_data=bad.all(axis=0))
-    except EmptyTargetError:
-        lm = np.where(bad.all(axis=0), -1, 0).astype(np.int16)
+    lm = continuum_layer_map(sci, err, bad)
     usable = int((~bad & (lm >= 0)[None]).sum())
     print(f"\nMUSE UDF subcube {sci.shape}, {usable} usable voxels, "
           f"{int((lm > 0).sum())} target spaxels (continuum S/N map)")

@@ -35,17 +35,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-from quality import HEADER, metrics, row, targets, timed, warm_up
+from quality import HEADER, continuum_layer_map, metrics, row, targets, timed, warm_up
 
 from layerclip.clip import clip_cube
-from layerclip.errors import EmptyTargetError, LayerclipWarning
+from layerclip.errors import LayerclipWarning
 from layerclip.io import read_cube
 from layerclip.io.cube import Cube
-from layerclip.layers import auto_layer_map
 from layerclip.lines import C_KMS, LINES
 from layerclip.pipeline import automatic_layer_map
 from layerclip.simulate import inject_artifacts, make_cube
-from layerclip.snr import collapsed_snr
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CUBES = {"MUSE UDF": "muse_udf_subcube.fits", "KCWI 00112": "kb191227_00112_icubes.fits",
@@ -70,18 +68,6 @@ def load(path):
     sci = np.where(bad, np.nan, cube.sci).astype(np.float32)
     err = np.where(bad, np.nan, cube.err).astype(np.float32)
     return sci, err, bad, np.asarray(cube.wavelength, float)
-
-
-def continuum_layer_map(sci, err, bad):
-    """The automatic layer map from the whole-band S/N map."""
-    snr, _ = collapsed_snr(sci, err, np.arange(sci.shape[0]), excluded=bad)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", LayerclipWarning)
-            lm, _ = auto_layer_map(snr, no_data=bad.all(axis=0))
-    except EmptyTargetError:
-        lm = np.where(bad.all(axis=0), -1, 0).astype(np.int16)
-    return lm
 
 
 def line_source(sci, err, bad, wave, kind, peak_snr, seed):
