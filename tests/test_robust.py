@@ -470,6 +470,28 @@ def test_tails_shared_by_neighbours_are_left_out_of_the_tail_fit():
         assert abs(result.sci[vox] - cube.clean[vox]) < 0.15 * injected
 
 
+def test_tail_of_a_residual_in_a_less_hit_spaxel_is_caught():
+    # The same residual in its third spaxel (S/N 121 and 53 on its second and
+    # third planes; 76 and 27 sigma injected there). Its second plane is flagged
+    # at 7.5 sigma, short of a strong core, so its tails were not checked, and the
+    # fit for the third plane, with the residual's other planes in its window,
+    # followed it (28 ERR high). Where a neighbour holds the residual's strong part
+    # on that plane (flagged beyond 2 sigma, same sign), it is checked as a tail
+    # too, and flagged.
+    cube = benchmark_cube("arc", seed=0)
+    art = next(a for a in cube.artifacts if a.on_line and 300 < a.peak_sigma < 310)
+    core, y, x = _peak_voxel(art)
+    injected = np.abs(cube.sci - cube.clean) / cube.err
+    third = [(yy, xx) for yy, xx in set(zip(art.ys.tolist(), art.xs.tolist(), strict=True))
+             if injected[core, yy, xx] < 80]
+    assert len(third) == 1
+    vox = (core + 1, *third[0])
+    assert 25 < injected[vox] < 28 and cube.model[vox] > 50 * cube.err[vox]
+    result = clip_target(cube)
+    assert result.flags[(core, *third[0])] and result.flags[vox]
+    assert abs(result.sci[vox] - cube.clean[vox]) < 5 * cube.err[vox]
+
+
 def test_tail_of_a_residual_on_a_faint_continuum_is_caught():
     # A 124-sigma residual over three planes and three spaxels of a continuum at
     # S/N 2-3, in seed 1's noisier field. One spaxel's first plane (12 sigma) sits

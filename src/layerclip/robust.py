@@ -161,7 +161,10 @@ a narrow line rises from a faint baseline.
 **Tails.** A residual spanning 2-3 planes leaves its tails next to the flagged core:
 the spaxel's fit for a tail holds the residual's other planes in its window (and its
 neighbours' spectra the residual's spread), learns its shape and predicts it. So
-the planes next to a flag beyond ``2 sigma`` are fitted once more with the planes
+the planes next to a flag beyond ``2 sigma`` (or beyond ``sigma``, where a
+neighbouring spaxel is flagged beyond ``2 sigma`` with the same sign on that
+plane: a residual over several spaxels spans the same planes in each, strong in
+some and weaker in others) are fitted once more with the planes
 next to every flag left out of the window (where that leaves too few planes, only
 the flags; where the voxels the screen found outlying leave too few even so, not
 those either) and the neighbours flagged next to the tail's plane left out of the
@@ -174,7 +177,8 @@ prediction reaches ``bright_snr`` ERR, beyond 0.9 ``sigma`` (a voxel next to a
 residual's strong core in its own spaxel is far likelier to hold the residual
 than one elsewhere; on a line, the fit past the guarded core can undershoot the
 line's peak). A second round refits the tails left unflagged that the first round's
-new flags reach: their fits may have had those neighbours' tails in their basis.
+new flags reach (their fits may have had those neighbours' tails in their basis),
+and the tails of those new flags.
 (The tail's own spectrum may look faint to the screen: the residual's other planes
 pull its baseline.)
 
@@ -810,9 +814,11 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     # neighbours' spectra the residual's spread, so its fits can learn the
     # residual's shape and predict it. Fitted once more with the planes next to
     # every flag left out of its window, a tail of the same sign beyond sigma
-    # (_TAIL_FRACTION sigma on a faint spectrum) is flagged too; a second round
-    # sees the tails the first flagged in neighbours.
-    tk, ts, core_sign = _tails_to_check(fk, fs, flags, rho, usable, _TAIL_CORE * sigma)
+    # (_TAIL_FRACTION sigma on a faint spectrum) is flagged too; so are the tails
+    # of weaker flags where a neighbour holds the residual's strong part on the
+    # tail's plane. A second round sees the tails the first flagged in neighbours.
+    tk, ts, core_sign = _tails_to_check(fk, fs, flags, rho, usable, neighbours, sigma,
+                                        _TAIL_CORE * sigma)
     for _ in range(_TAIL_ROUNDS):
         if tk.size == 0:
             break
@@ -856,15 +862,17 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         value[nk, ns], variance[nk, ns], rho[nk, ns] = v[tail], var[tail], z[tail]
         aside[nk, ns] = left_out[tail]
         fk, fs = _true_positions(flags)
-        # the next round refits only the unflagged tails the new flags reach (in
-        # their spaxel or a neighbour, within the window and its guard): elsewhere
-        # it would see the same data
+        # the next round refits the unflagged tails the new flags reach (in their
+        # spaxel or a neighbour, within the window and its guard), and the tails of
+        # the new flags themselves; elsewhere it would see the same data
         pending = np.zeros(y.shape, bool)
         pending[tk, ts] = ~flags[tk, ts]
         reached = np.zeros(y.shape, bool)
         near_flags(nk, ns, neighbours, int(half_window) + 1, pending, pending,
                    reached)
-        left = reached[tk, ts]
+        tk, ts, core_sign = _tails_to_check(fk, fs, flags, rho, usable, neighbours, sigma,
+                                            _TAIL_CORE * sigma)
+        left = reached[tk, ts] | ~pending[tk, ts]
         tk, ts, core_sign = tk[left], ts[left], core_sign[left]
     # A flag next to a flag of the opposite sign on the same plane may be an echo:
     # a residual in a neighbour that its fit held in the basis pulls the
@@ -995,16 +1003,23 @@ def _guard_short_runs(flags, fk, fs):
     return guard
 
 
-def _tails_to_check(fk, fs, flags, rho, usable, core):
+def _tails_to_check(fk, fs, flags, rho, usable, neighbours, sigma, core):
     """Usable, unflagged voxels next (one plane) to a flag of their spaxel whose
-    ``|rho|`` exceeds ``core``; their planes, spaxels and that flag's sign.
+    ``|rho|`` exceeds ``core``, or exceeds ``sigma`` where a neighbouring spaxel is
+    flagged beyond ``core`` with the same sign on the voxel's plane; their planes,
+    spaxels and that flag's sign.
 
-    ``fk, fs`` are the planes and spaxels of the flags in ``flags``.
+    ``fk, fs`` are the planes and spaxels of the flags in ``flags``. A voxel next to
+    two such flags is listed for each (their signs may differ).
 
     (The tail itself may sit on a spectrum the screen calls faint: the residual's
-    other planes pull its baseline down or up.)"""
+    other planes pull its baseline down or up. A residual spread over several
+    spaxels is strong in some and weaker in others; its planes are the same in
+    all, so where a neighbour holds its strong part on a plane next to a weaker
+    flag, that plane is likely the residual's too.)"""
     n_planes = flags.shape[0]
-    strong = np.abs(rho[fk, fs]) > core
+    strength = np.abs(rho[fk, fs])
+    strong = strength > core
     ck, cs = fk[strong], fs[strong]
     tk = np.concatenate([ck - 1, ck + 1])
     ts = np.concatenate([cs, cs])
@@ -1012,7 +1027,27 @@ def _tails_to_check(fk, fs, flags, rho, usable, core):
     inside = (tk >= 0) & (tk < n_planes)
     tk, ts, sign = tk[inside], ts[inside], sign[inside]
     keep = usable[tk, ts] & ~flags[tk, ts]
-    return tk[keep], ts[keep], sign[keep]
+    tk, ts, sign = tk[keep], ts[keep], sign[keep]
+    # the planes next to weaker flags where a neighbour is strongly flagged alike
+    weak = ~strong & (strength > sigma)
+    wk, ws = fk[weak], fs[weak]
+    ek = np.concatenate([wk - 1, wk + 1])
+    es = np.concatenate([ws, ws])
+    esign = np.concatenate([rho[wk, ws], rho[wk, ws]])
+    inside = (ek >= 0) & (ek < n_planes)
+    ek, es, esign = ek[inside], es[inside], esign[inside]
+    keep = usable[ek, es] & ~flags[ek, es]
+    ek, es, esign = ek[keep], es[keep], esign[keep]
+    keep = _flagged_alike(flags, rho, neighbours[:, es], ek, esign, core).any(axis=0)
+    ek, es, esign = ek[keep], es[keep], np.sign(esign[keep])
+    # (each such voxel once, and not where it is listed already)
+    m = flags.shape[1]
+    linear = ek * m + es
+    _, once = np.unique(linear, return_index=True)
+    once = np.sort(once)
+    once = once[~np.isin(linear[once], tk * m + ts)]
+    return (np.concatenate([tk, ek[once]]), np.concatenate([ts, es[once]]),
+            np.concatenate([sign, esign[once]]))
 
 
 def _leaned_on(aside, flags, neighbours, ks, ss):
