@@ -819,7 +819,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     # tail's plane. A second round sees the tails the first flagged in neighbours.
     tk, ts, core_sign = _tails_to_check(fk, fs, flags, rho, usable, neighbours, sigma,
                                         _TAIL_CORE * sigma)
-    for _ in range(_TAIL_ROUNDS):
+    for tail_round in range(_TAIL_ROUNDS):
         if tk.size == 0:
             break
         guard = _with_adjacent_planes(flags, fk, fs)
@@ -862,6 +862,8 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         value[nk, ns], variance[nk, ns], rho[nk, ns] = v[tail], var[tail], z[tail]
         aside[nk, ns] = left_out[tail]
         fk, fs = _true_positions(flags)
+        if tail_round == _TAIL_ROUNDS - 1:
+            break
         # the next round refits the unflagged tails the new flags reach (in their
         # spaxel or a neighbour, within the window and its guard), and the tails of
         # the new flags themselves; elsewhere it would see the same data
