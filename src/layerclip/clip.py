@@ -20,6 +20,7 @@ from .robust import (
     noise_planes,
     noise_ratio,
     robust_halo,
+    usable_mask,
 )
 
 __all__ = ["ClipResult", "clip_cube", "cube_err_factor", "cube_noise_ratio", "array_reader",
@@ -326,11 +327,13 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
         else:
             y = compact_planes(sci.reshape(nw, ny * nx)[lo:hi], index)
             e = compact_planes(err.reshape(nw, ny * nx)[lo:hi], index)
-        bad = ~np.isfinite(y)
-        if excluded is not None:
-            bad |= np.asarray(excluded[lo:hi], dtype=bool).reshape(hi - lo, -1)[:, index]
+        held_out = None if excluded is None else \
+            np.asarray(excluded[lo:hi], dtype=bool).reshape(hi - lo, -1)[:, index]
         pred = None
         if method == "paper":
+            bad = ~np.isfinite(y)
+            if held_out is not None:
+                bad |= held_out
             usable = ~bad
             # (the median replacement runs in _clip_paper_median; the block's values
             # are kept for the others, and clip_block_paper works in place)
@@ -338,8 +341,10 @@ def clip_cube(sci, err, layer_map, *, method: Literal["robust", "paper"] = "robu
                                  maxiters=maxiters)
             del bad
         else:
-            usable = ~bad & np.isfinite(e) & (e > 0)
-            del bad
+            # (finite SCI, finite positive ERR, not excluded)
+            usable = usable_mask(y, e)
+            if held_out is not None:
+                usable &= ~held_out
             if measure_in_block:
                 cols = np.searchsorted(index, noise_columns(layer_map))
                 err_factor = _rounded_factor(y, e, usable, noise_planes(nw, cols.size), cols)

@@ -236,6 +236,7 @@ from .robust_kernels import (
     spectral_baseline,
     sum_fit_voxels,
     supported,
+    usable_voxels,
 )
 
 __all__ = ["RobustPrediction", "clip_block_robust", "robust_halo", "neighbour_table",
@@ -432,6 +433,14 @@ def compact_planes(planes, index):
         return np.take(planes, index, axis=1).astype(float)
     out = np.empty((planes.shape[0], index.size))
     gather_columns(planes, np.ascontiguousarray(index, np.int64), out)
+    return out
+
+
+def usable_mask(y, e):
+    """Where the voxels of a compact block (from :func:`compact_planes`) are usable
+    as far as their values go: finite SCI and finite, positive ERR."""
+    out = np.empty(y.shape, bool)
+    usable_voxels(y, e, out)
     return out
 
 
@@ -1042,12 +1051,14 @@ def _tails_to_check(fk, fs, flags, rho, usable, neighbours, sigma, core):
     ek, es, esign = ek[keep], es[keep], esign[keep]
     keep = _flagged_alike(flags, rho, neighbours[:, es], ek, esign, core).any(axis=0)
     ek, es, esign = ek[keep], es[keep], np.sign(esign[keep])
-    # (each such voxel once, and not where it is listed already)
+    # (each such voxel once, and not where it is listed already: in a stable sort
+    # of both lists, an entry equal to the one before it goes)
     m = flags.shape[1]
-    linear = ek * m + es
-    _, once = np.unique(linear, return_index=True)
-    once = np.sort(once)
-    once = once[~np.isin(linear[once], tk * m + ts)]
+    linear = np.concatenate([tk * m + ts, ek * m + es])
+    order = np.argsort(linear, kind="stable")
+    repeated = np.zeros(linear.size, bool)
+    repeated[order[1:]] = linear[order[1:]] == linear[order[:-1]]
+    once = ~repeated[tk.size:]
     return (np.concatenate([tk, ek[once]]), np.concatenate([ts, es[once]]),
             np.concatenate([sign, esign[once]]))
 

@@ -894,6 +894,16 @@ def gather_columns(planes, index, out):
 
 
 @njit(**_JIT)
+def usable_voxels(y, e, out):
+    """``out``: where ``y`` is finite and ``e`` finite and positive, in one pass."""
+    n_planes, m = y.shape
+    for k in range(n_planes):
+        for s in range(m):
+            v = e[k, s]
+            out[k, s] = np.isfinite(y[k, s]) and np.isfinite(v) and v > 0.0
+
+
+@njit(**_JIT)
 def count_unusable(usable, out):
     """``out[k, s]``: how many of spaxel ``s``'s planes before ``k`` are unusable."""
     n_planes, m = usable.shape
