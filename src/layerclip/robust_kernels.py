@@ -987,20 +987,34 @@ def screen_residual(y, e, usable, bright_snr, residual, bright):
     """
     n_planes, m = y.shape
     for k in range(n_planes):
-        inside = 3 <= k < n_planes - 3
-        for s in range(m):
-            if inside and usable[k - 3, s] and usable[k - 2, s] and usable[k + 2, s] \
-                    and usable[k + 3, s]:
-                # the common case, written out (same arithmetic as spectral_baseline)
+        if 3 <= k < n_planes - 3:
+            # every spaxel as if its four baseline planes were usable (the same
+            # arithmetic as spectral_baseline; without branches the loop
+            # vectorises), then the spaxels where one is not, again
+            for s in range(m):
                 a, b, c, d = y[k - 3, s], y[k - 2, s], y[k + 2, s], y[k + 3, s]
                 hi = max(max(a, b), max(c, d))
                 lo = min(min(a, b), min(c, d))
                 baseline = 0.5 * (a + b + c + d - hi - lo)
-            else:
-                baseline = spectral_baseline(y, usable, k, s)
-            r = (y[k, s] - baseline) / e[k, s]
-            residual[k, s] = r if usable[k, s] else np.nan
-            bright[k, s] = not (abs(baseline) <= bright_snr * e[k, s])
+                r = (y[k, s] - baseline) / e[k, s]
+                residual[k, s] = r if usable[k, s] else np.nan
+                bright[k, s] = not (abs(baseline) <= bright_snr * e[k, s])
+            for s in range(m):
+                if not (usable[k - 3, s] and usable[k - 2, s] and usable[k + 2, s]
+                        and usable[k + 3, s]):
+                    _screen_voxel(y, e, usable, bright_snr, residual, bright, k, s)
+        else:
+            for s in range(m):
+                _screen_voxel(y, e, usable, bright_snr, residual, bright, k, s)
+
+
+@njit(**_JIT)
+def _screen_voxel(y, e, usable, bright_snr, residual, bright, k, s):
+    """:func:`screen_residual` for one voxel, by :func:`spectral_baseline`."""
+    baseline = spectral_baseline(y, usable, k, s)
+    r = (y[k, s] - baseline) / e[k, s]
+    residual[k, s] = r if usable[k, s] else np.nan
+    bright[k, s] = not (abs(baseline) <= bright_snr * e[k, s])
 
 
 @njit(**_JIT)
