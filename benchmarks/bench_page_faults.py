@@ -6,7 +6,7 @@ nothing larger, glibc's malloc sets its mmap threshold at about that size, so
 those arrays are mapped afresh on every call, and their pages are faulted in
 again each time. A process that has handled a larger cube first keeps them on
 its heap. This script runs both cases, each in a fresh Python process, and
-prints, per call (best of five), the run time and the minor page faults
+prints, per call (best of six), the run time and the minor page faults
 (``getrusage``) of paper and robust mode.
 
 Run: ``.venv/bin/python benchmarks/bench_page_faults.py``

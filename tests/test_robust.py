@@ -480,7 +480,7 @@ def test_tail_of_a_residual_in_a_less_hit_spaxel_is_caught():
     # too, and flagged.
     cube = benchmark_cube("arc", seed=0)
     art = next(a for a in cube.artifacts if a.on_line and 300 < a.peak_sigma < 310)
-    core, y, x = _peak_voxel(art)
+    core, _, _ = _peak_voxel(art)
     injected = np.abs(cube.sci - cube.clean) / cube.err
     third = [(yy, xx) for yy, xx in set(zip(art.ys.tolist(), art.xs.tolist(), strict=True))
              if injected[core, yy, xx] < 80]
