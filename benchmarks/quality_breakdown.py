@@ -1,0 +1,186 @@
+"""What lies behind robust mode's totals in ``quality.py``, artifact by artifact.
+
+``quality.py`` prints one row of totals per cube. This script lists, for the same
+cubes (seed 0 of every kind and the four variants), what makes up the robust
+row where it misses an issue-5 target:
+
+* every strong artifact (injected peak > 10 sigma) that robust missed or left
+  beyond 10 sigma, voxel by voxel: the injected amplitude and the noise-free
+  signal there (both in units of the noise), whether the voxel was flagged, and
+  what is left after cleaning; weaker artifacts left beyond 5 sigma, one line each;
+* every voxel flagged on real signal (noise-free S/N > 10) where nothing was
+  injected, with its replacement error and the nearest artifact;
+* the brightest line's flux error over the target split into what the replaced
+  artifact voxels, the unflagged artifact voxels and the flags without an
+  artifact contribute, beside the oracle's floor (the lost voxels' own noise);
+* a summary per cube: the strong artifacts missed or left, by whether their
+  peak voxel sits on signal above 10 sigma, and by how many spaxels they span.
+
+Everything is in units of the true noise, as in ``quality.py``.
+
+Run: ``.venv/bin/python benchmarks/quality_breakdown.py [CUBE ...]`` (about 20 s),
+where CUBE is a label of ``quality.py``'s target list ("arc seed 0", "compact
+stress", ...); without one, every cube whose targets robust misses.
+"""
+
+import argparse
+import sys
+
+import numpy as np
+from quality import PHYSICAL, VARIANTS, layer_map_for, make_kind, metrics, targets
+
+from layerclip.clip import clip_cube
+from layerclip.simulate import KINDS
+
+# S/N of the noise-free signal above which a voxel is "on signal" (quality.py's
+# flags-on-signal column uses the same bound).
+ON_SIGNAL = 10.0
+
+
+def cube_settings():
+    """``{label: (kind, make_cube settings)}`` for every cube of ``quality.py``."""
+    out = {f"{kind} seed 0": (kind, {"seed": 0, **PHYSICAL}) for kind in KINDS}
+    for key, _, settings in VARIANTS:
+        for kind in KINDS:
+            out[f"{kind} {key}"] = (kind, dict(settings))
+    return out
+
+
+def _fmt_voxel(cube, err, flags, after, k, y, x, injected):
+    signal = cube.model[k, y, x] / err[k, y, x]
+    left = (after[k, y, x] - float(cube.clean[k, y, x])) / err[k, y, x]
+    flagged = "yes" if flags[k, y, x] else "no"
+    return (f"    ({k:4d},{y:2d},{x:2d}) injected {injected:+9.1f}  signal {signal:7.1f}"
+            f"  flagged {flagged:3s}  left {left:+8.1f}")
+
+
+def artifact_report(cube, err, flags, after):
+    """Lines describing the artifacts robust left or missed, and the summary counts."""
+    lines = []
+    counts = {"strong on signal": 0, "strong faint": 0, "weak left > 5": 0}
+    spans = {}
+    clean = cube.clean.astype(float)
+    for i, art in enumerate(cube.artifacts):
+        vox = art.voxels
+        held = np.isfinite(cube.sci[vox])
+        inj = np.where(held, art.values / err[vox], 0.0)
+        left = np.where(held, (after[vox] - clean[vox]) / err[vox], 0.0)
+        left = np.where(np.isfinite(left), left, 0.0)
+        strong = abs(art.peak_sigma) > 10
+        missed = strong and bool(np.any((np.abs(inj) > 10) & ~flags[vox]))
+        bad = missed or (strong and bool(np.any(np.abs(left) > 10)))
+        peak = int(np.argmax(np.abs(inj)))
+        signal = cube.model[vox][peak] / err[vox][peak]
+        n_spax = len({(int(a), int(b)) for a, b in zip(vox[1], vox[2], strict=True)})
+        n_planes = len(set(vox[0].tolist()))
+        if bad:
+            where = "on signal" if signal > ON_SIGNAL else "faint"
+            counts[f"strong {where}"] += 1
+            spans[n_spax] = spans.get(n_spax, 0) + 1
+            lines.append(f"  artifact {i}: peak {art.peak_sigma:+.0f} sigma over {n_planes} "
+                         f"plane(s) x {n_spax} spaxel(s), peak voxel at signal {signal:.0f} "
+                         f"sigma: {'missed' if missed else 'flagged, badly replaced'}")
+            lines += [_fmt_voxel(cube, err, flags, after, int(k), int(y), int(x), v)
+                      for k, y, x, v in zip(*vox, inj, strict=True)]
+        elif np.any(np.abs(left) > 5):
+            counts["weak left > 5"] += 1
+            lines.append(f"  artifact {i}: peak {art.peak_sigma:+.1f} sigma, {n_planes} plane(s) "
+                         f"x {n_spax} spaxel(s), signal {signal:.1f}: left up to "
+                         f"{np.max(np.abs(left)):.1f} sigma ({int(flags[vox].sum())} of "
+                         f"{len(vox[0])} voxels flagged)")
+    return lines, counts, spans
+
+
+def signal_flag_report(cube, err, flags, after):
+    """Lines for the voxels flagged on signal above ON_SIGNAL where nothing was injected."""
+    with np.errstate(invalid="ignore"):
+        wrong = flags & ~cube.artifact_mask & (cube.model / err > ON_SIGNAL)
+    lines = []
+    starts = [np.stack(a.voxels, axis=1) for a in cube.artifacts]
+    for k, y, x in np.argwhere(wrong):
+        # the nearest artifact voxel (planes and spaxels counted alike)
+        dist = [int(np.min(np.max(np.abs(s - (k, y, x)), axis=1))) for s in starts]
+        near = int(np.argmin(dist)) if dist else -1
+        where = (f"nearest artifact {near} ({cube.artifacts[near].peak_sigma:+.0f} sigma) "
+                 f"{dist[near]} voxel(s) away") if near >= 0 else "no artifact"
+        signal = cube.model[k, y, x] / err[k, y, x]
+        error = (after[k, y, x] - cube.clean[k, y, x]) / err[k, y, x]
+        lines.append(f"  ({k:4d},{y:2d},{x:2d}) signal {signal:6.1f}  replaced with error "
+                     f"{error:+7.1f}  {where}")
+    return lines
+
+
+def flux_split(cube, lm, planes, flags, after):
+    """The line-flux error (percent of the artifact-free flux) by where it comes from."""
+    target = np.zeros(cube.sci.shape, bool)
+    target[planes] = (lm > 0)[None]
+    target &= np.isfinite(cube.sci) & np.isfinite(cube.clean)
+    clean = cube.clean.astype(float)
+    diff = np.where(np.isfinite(after), after - clean, 0.0)
+    total = clean[target].sum()
+    art = cube.artifact_mask
+    parts = {"replaced artifact voxels": art & flags, "unflagged artifact voxels": art & ~flags,
+             "flags without an artifact": ~art & flags}
+    out = {name: 100 * diff[mask & target].sum() / total for name, mask in parts.items()}
+    floor = 100 * (np.where(art, cube.model, clean) - clean)[target].sum() / total
+    return out, floor
+
+
+def report(label, kind, settings):
+    """The lines describing robust mode on one cube, and the targets it misses there."""
+    cube = make_kind(kind, **settings)
+    lm, planes = layer_map_for(cube)
+    robust = clip_cube(cube.sci, cube.err, lm, method="robust")
+    paper = clip_cube(cube.sci, cube.err, lm, method="paper")
+    oracle_sci = np.where(cube.artifact_mask, cube.model, cube.sci)
+    # (times are not measured here: quality.py does that)
+    results = {"robust": (metrics(cube, lm, planes, robust.sci, robust.flags), 0.0),
+               "paper": (metrics(cube, lm, planes, paper.sci, paper.flags), 0.0),
+               "oracle": (metrics(cube, lm, planes, oracle_sci, cube.artifact_mask), 0.0)}
+    fails = targets(results)
+    err = cube.err.astype(float) / cube.err_scale
+    after = np.asarray(robust.sci, float)
+    art_lines, counts, spans = artifact_report(cube, err, robust.flags, after)
+    flag_lines = signal_flag_report(cube, err, robust.flags, after)
+    split, floor = flux_split(cube, lm, planes, robust.flags, after)
+    m = results["robust"][0]
+    span_text = ", ".join(f"{n} spaxel(s): {c}" for n, c in sorted(spans.items())) or "none"
+    lines = [
+        f"== {label}: targets missed: {', '.join(fails) if fails else 'none'}",
+        f"  robust: strong missed {m['strong_missed']}, strong left {m['strong_left']}, "
+        f"left > 5 {m['all_left']}, flags on signal {m['on_signal']}, flux "
+        f"{m['flux_pct']:+.3f}%, worst spaxel {m['worst']:.2f}",
+        f"  strong artifacts missed or left: {counts['strong on signal']} on signal > "
+        f"{ON_SIGNAL:.0f} sigma, {counts['strong faint']} faint; by span: {span_text}; "
+        f"weaker ones left > 5 sigma: {counts['weak left > 5']}",
+        "  flux error by source: " + ", ".join(f"{name} {pct:+.3f}%"
+                                               for name, pct in split.items())
+        + f"; oracle floor {floor:+.3f}%",
+        *art_lines]
+    if flag_lines:
+        lines += ["  flags on signal where nothing was injected:", *flag_lines]
+    return lines, fails
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("cubes", nargs="*", help="labels as in quality.py's target list")
+    args = parser.parse_args(argv)
+    every = cube_settings()
+    unknown = [c for c in args.cubes if c not in every]
+    if unknown:
+        parser.error(f"unknown cube label(s) {unknown}; known: {', '.join(every)}")
+    chosen = args.cubes or list(every)
+    shown = 0
+    for label in chosen:
+        lines, fails = report(label, *every[label])
+        # (without labels, only the cubes where robust misses a target)
+        if args.cubes or fails:
+            print("\n".join(lines) + "\n")
+            shown += 1
+    print(f"{shown} of {len(chosen)} cube(s) shown")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
