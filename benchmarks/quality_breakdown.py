@@ -16,6 +16,15 @@ row where it misses an issue-5 target:
 * a summary per cube: the strong artifacts missed or left, by whether their
   peak voxel sits on signal above 10 sigma, and by how many spaxels they span.
 
+For each strong artifact missed or left it also shows robust mode's first
+prediction at its voxels (the neighbour-basis fit before any flag, with its
+uncertainty) twice: on the cube as injected, and on the artifact-free cube with
+the same layer map. An artifact whose peak the artifact-free prediction would
+find beyond 5 sigma, but the prediction on the injected cube does not, is
+*hidden by itself* (its other planes and spaxels spoil the fits that judge it);
+one that the artifact-free prediction cannot find either lies *below the
+model's precision* there.
+
 Everything is in units of the true noise, as in ``quality.py``.
 
 Run: ``.venv/bin/python benchmarks/quality_breakdown.py [CUBE ...]`` (about 20 s),
@@ -29,12 +38,14 @@ import sys
 import numpy as np
 from quality import PHYSICAL, VARIANTS, layer_map_for, make_kind, metrics, targets
 
+from layerclip import robust as robust_module
 from layerclip.clip import clip_cube
 from layerclip.simulate import KINDS
 
 # S/N of the noise-free signal above which a voxel is "on signal" (quality.py's
 # flags-on-signal column uses the same bound).
 ON_SIGNAL = 10.0
+BELOW = "below the model's precision"
 
 
 def cube_settings():
@@ -46,18 +57,84 @@ def cube_settings():
     return out
 
 
-def _fmt_voxel(cube, err, flags, after, k, y, x, injected):
+def first_pass(sci, err, lm):
+    """Robust mode's first-pass prediction and its standard deviation for every voxel
+    of the cube (NaN where the screen settled a voxel without a fit).
+
+    Robust mode is run on the whole cube in one block, and its first call of the
+    prediction step (every candidate, before any flag) is recorded.
+    """
+    calls = []
+    original = robust_module._predict
+
+    def recording(y, e, usable, neighbours, ks, ss, **kwargs):
+        out = original(y, e, usable, neighbours, ks, ss, **kwargs)
+        if not calls:
+            calls.append((ks.copy(), ss.copy(), out[0].copy(), out[1].copy()))
+        return out
+
+    robust_module._predict = recording
+    try:
+        clip_cube(sci, err, lm, method="robust", block_planes=sci.shape[0])
+    finally:
+        robust_module._predict = original
+    ks, ss, value, variance = calls[0]
+    index, _ = robust_module.neighbour_table(lm)
+    nw = sci.shape[0]
+    pred = np.full((nw, lm.size), np.nan)
+    sd = np.full((nw, lm.size), np.nan)
+    pred[ks, index[ss]] = value
+    sd[ks, index[ss]] = np.sqrt(variance)
+    return pred.reshape(sci.shape), sd.reshape(sci.shape)
+
+
+def calibration(cube, err, pred, sd):
+    """One line on how the first predictions on the artifact-free cube do on signal.
+
+    Over the fitted voxels whose noise-free signal exceeds ON_SIGNAL: the median
+    error of the prediction against the noise-free value and the median of its
+    stated uncertainty (both in units of the noise), the spread of the normalised
+    residual (1 where the uncertainty is right, below 1 where it is cautious) and
+    how many voxels it puts beyond 5 sigma.
+    """
+    with np.errstate(invalid="ignore"):
+        on = np.isfinite(pred) & (cube.model / err > ON_SIGNAL)
+    if not on.any():
+        return f"  first predictions on the artifact-free cube: none on signal > {ON_SIGNAL:.0f} sigma"
+    miss = (pred[on] - cube.model[on]) / err[on]
+    stated = sd[on] / err[on]
+    z = (cube.clean[on] - pred[on]) / np.hypot(err[on], sd[on])
+    return (f"  first predictions on the artifact-free cube, {int(on.sum())} voxels on signal "
+            f"> {ON_SIGNAL:.0f} sigma: median miss {np.median(np.abs(miss)):.2f}, median "
+            f"stated uncertainty {np.median(stated):.2f}, spread of z {np.std(z):.2f}, "
+            f"beyond 5 sigma {int(np.sum(np.abs(z) > 5))}")
+
+
+def _fmt_voxel(cube, err, flags, after, k, y, x, injected, first):
     signal = cube.model[k, y, x] / err[k, y, x]
     left = (after[k, y, x] - float(cube.clean[k, y, x])) / err[k, y, x]
     flagged = "yes" if flags[k, y, x] else "no"
+    text = ""
+    for label, (pred, sd) in zip(("injected", "artifact-free"), first, strict=True):
+        if np.isfinite(pred):
+            text += (f"  {label}: {(pred - cube.model[k, y, x]) / err[k, y, x]:+7.1f}"
+                     f" +- {sd / err[k, y, x]:5.1f}")
+        else:
+            text += f"  {label}: {'screen':>15s}"
     return (f"    ({k:4d},{y:2d},{x:2d}) injected {injected:+9.1f}  signal {signal:7.1f}"
-            f"  flagged {flagged:3s}  left {left:+8.1f}")
+            f"  flagged {flagged:3s}  left {left:+8.1f} |{text}")
 
 
-def artifact_report(cube, err, flags, after):
-    """Lines describing the artifacts robust left or missed, and the summary counts."""
+def artifact_report(cube, err, flags, after, injected, clean_cube):
+    """Lines describing the artifacts robust left or missed, and the summary counts.
+
+    ``injected`` and ``clean_cube`` are :func:`first_pass` on the cube as injected
+    and on the artifact-free cube.
+    """
     lines = []
-    counts = {"strong on signal": 0, "strong faint": 0, "weak left > 5": 0}
+    counts = {"strong on signal": 0, "strong faint": 0, "weak left > 5": 0,
+              "hidden by itself": 0, BELOW: 0}
+    bad_voxels = []
     spans = {}
     clean = cube.clean.astype(float)
     for i, art in enumerate(cube.artifacts):
@@ -77,17 +154,41 @@ def artifact_report(cube, err, flags, after):
             where = "on signal" if signal > ON_SIGNAL else "faint"
             counts[f"strong {where}"] += 1
             spans[n_spax] = spans.get(n_spax, 0) + 1
-            lines.append(f"  artifact {i}: peak {art.peak_sigma:+.0f} sigma over {n_planes} "
-                         f"plane(s) x {n_spax} spaxel(s), peak voxel at signal {signal:.0f} "
-                         f"sigma: {'missed' if missed else 'flagged, badly replaced'}")
-            lines += [_fmt_voxel(cube, err, flags, after, int(k), int(y), int(x), v)
-                      for k, y, x, v in zip(*vox, inj, strict=True)]
+            # (filled in below, once the first predictions are known)
+            bad_voxels.append((len(lines), i, np.stack(vox, axis=1), inj, peak, missed,
+                               n_planes, n_spax, signal))
+            lines.append(None)
         elif np.any(np.abs(left) > 5):
             counts["weak left > 5"] += 1
             lines.append(f"  artifact {i}: peak {art.peak_sigma:+.1f} sigma, {n_planes} plane(s) "
                          f"x {n_spax} spaxel(s), signal {signal:.1f}: left up to "
                          f"{np.max(np.abs(left)):.1f} sigma ({int(flags[vox].sum())} of "
                          f"{len(vox[0])} voxels flagged)")
+    if bad_voxels:
+        rows = tuple(np.concatenate([b[2] for b in bad_voxels]).T)
+        first = [tuple(a[rows] for a in records) for records in (injected, clean_cube)]
+        at = 0
+        out = []
+        for start, (line_at, i, vox, inj, peak, missed, n_planes, n_spax, signal) in zip(
+                np.cumsum([0] + [len(b[2]) for b in bad_voxels[:-1]]), bad_voxels, strict=True):
+            while at < line_at:
+                out.append(lines[at])
+                at += 1
+            at += 1
+            part = [(p[start:start + len(vox)], sd[start:start + len(vox)]) for p, sd in first]
+            # would the artifact-free prediction find the peak voxel beyond 5 sigma?
+            sd_clean = part[1][1][peak] / err[tuple(vox[peak])]
+            seen = np.isfinite(sd_clean) and abs(inj[peak]) / np.hypot(1.0, sd_clean) > 5
+            kind = "hidden by itself" if seen else BELOW
+            counts[kind] += 1
+            out.append(f"  artifact {i}: peak {cube.artifacts[i].peak_sigma:+.0f} sigma over "
+                       f"{n_planes} plane(s) x {n_spax} spaxel(s), peak voxel at signal "
+                       f"{signal:.0f} sigma: {'missed' if missed else 'flagged, badly replaced'}"
+                       f"; {kind}")
+            for j, (k, y, x) in enumerate(vox):
+                out.append(_fmt_voxel(cube, err, flags, after, int(k), int(y), int(x), inj[j],
+                                      [(p[j], sd[j]) for p, sd in part]))
+        lines = out + lines[at:]
     return lines, counts, spans
 
 
@@ -140,7 +241,10 @@ def report(label, kind, settings):
     fails = targets(results)
     err = cube.err.astype(float) / cube.err_scale
     after = np.asarray(robust.sci, float)
-    art_lines, counts, spans = artifact_report(cube, err, robust.flags, after)
+    injected = first_pass(cube.sci, cube.err, lm)
+    clean_cube = first_pass(cube.clean.astype(cube.sci.dtype), cube.err, lm)
+    art_lines, counts, spans = artifact_report(cube, err, robust.flags, after, injected,
+                                               clean_cube)
     flag_lines = signal_flag_report(cube, err, robust.flags, after)
     split, floor = flux_split(cube, lm, planes, robust.flags, after)
     m = results["robust"][0]
@@ -153,9 +257,12 @@ def report(label, kind, settings):
         f"  strong artifacts missed or left: {counts['strong on signal']} on signal > "
         f"{ON_SIGNAL:.0f} sigma, {counts['strong faint']} faint; by span: {span_text}; "
         f"weaker ones left > 5 sigma: {counts['weak left > 5']}",
+        f"  of those strong ones, hidden by themselves: {counts['hidden by itself']}, below "
+        f"the model's precision: {counts[BELOW]}",
         "  flux error by source: " + ", ".join(f"{name} {pct:+.3f}%"
                                                for name, pct in split.items())
         + f"; oracle floor {floor:+.3f}%",
+        calibration(cube, err, *clean_cube),
         *art_lines]
     if flag_lines:
         lines += ["  flags on signal where nothing was injected:", *flag_lines]
