@@ -100,7 +100,8 @@ def calibration(cube, err, pred, sd):
     with np.errstate(invalid="ignore"):
         on = np.isfinite(pred) & (cube.model / err > ON_SIGNAL)
     if not on.any():
-        return f"  first predictions on the artifact-free cube: none on signal > {ON_SIGNAL:.0f} sigma"
+        return (f"  first predictions on the artifact-free cube: none on signal > "
+                f"{ON_SIGNAL:.0f} sigma")
     miss = (pred[on] - cube.model[on]) / err[on]
     stated = sd[on] / err[on]
     z = (cube.clean[on] - pred[on]) / np.hypot(err[on], sd[on])
