@@ -19,15 +19,16 @@ row where it misses an issue-5 target:
 For each strong artifact missed or left it also shows robust mode's first
 prediction at its voxels (the neighbour-basis fit before any flag, with its
 uncertainty) twice: on the cube as injected, and on the artifact-free cube with
-the same layer map. An artifact whose peak the artifact-free prediction would
-find beyond 5 sigma, but the prediction on the injected cube does not, is
-*hidden by itself* (its other planes and spaxels spoil the fits that judge it);
-one that the artifact-free prediction cannot find either lies *below the
-model's precision* there.
+the same layer map. A missed or badly replaced artifact whose peak the
+artifact-free prediction would find beyond 5 sigma (its injected amplitude over
+that prediction's stated uncertainty and the noise) is *hidden by itself*: its
+other planes and spaxels spoil the fits that judge it. One that the
+artifact-free prediction could not find either lies *below the model's
+precision* there.
 
 Everything is in units of the true noise, as in ``quality.py``.
 
-Run: ``.venv/bin/python benchmarks/quality_breakdown.py [CUBE ...]`` (about 20 s),
+Run: ``.venv/bin/python benchmarks/quality_breakdown.py [CUBE ...]`` (about 10 s),
 where CUBE is a label of ``quality.py``'s target list ("arc seed 0", "compact
 stress", ...); without one, every cube whose targets robust misses.
 """
@@ -58,8 +59,9 @@ def cube_settings():
 
 
 def first_pass(sci, err, lm):
-    """Robust mode's first-pass prediction and its standard deviation for every voxel
-    of the cube (NaN where the screen settled a voxel without a fit).
+    """Robust mode's result on a cube, and its first-pass prediction and the
+    prediction's standard deviation for every voxel (NaN where the screen settled a
+    voxel without a fit).
 
     Robust mode is run on the whole cube in one block, and its first call of the
     prediction step (every candidate, before any flag) is recorded.
@@ -75,7 +77,7 @@ def first_pass(sci, err, lm):
 
     robust_module._predict = recording
     try:
-        clip_cube(sci, err, lm, method="robust", block_planes=sci.shape[0])
+        result = clip_cube(sci, err, lm, method="robust", block_planes=sci.shape[0])
     finally:
         robust_module._predict = original
     ks, ss, value, variance = calls[0]
@@ -85,7 +87,7 @@ def first_pass(sci, err, lm):
     sd = np.full((nw, lm.size), np.nan)
     pred[ks, index[ss]] = value
     sd[ks, index[ss]] = np.sqrt(variance)
-    return pred.reshape(sci.shape), sd.reshape(sci.shape)
+    return result, (pred.reshape(sci.shape), sd.reshape(sci.shape))
 
 
 def calibration(cube, err, pred, sd):
@@ -129,13 +131,12 @@ def _fmt_voxel(cube, err, flags, after, k, y, x, injected, first):
 def artifact_report(cube, err, flags, after, injected, clean_cube):
     """Lines describing the artifacts robust left or missed, and the summary counts.
 
-    ``injected`` and ``clean_cube`` are :func:`first_pass` on the cube as injected
-    and on the artifact-free cube.
+    ``injected`` and ``clean_cube`` are the predictions and uncertainties of
+    :func:`first_pass` on the cube as injected and on the artifact-free cube.
     """
     lines = []
     counts = {"strong on signal": 0, "strong faint": 0, "weak left > 5": 0,
               "hidden by itself": 0, BELOW: 0}
-    bad_voxels = []
     spans = {}
     clean = cube.clean.astype(float)
     for i, art in enumerate(cube.artifacts):
@@ -152,44 +153,25 @@ def artifact_report(cube, err, flags, after, injected, clean_cube):
         n_spax = len({(int(a), int(b)) for a, b in zip(vox[1], vox[2], strict=True)})
         n_planes = len(set(vox[0].tolist()))
         if bad:
-            where = "on signal" if signal > ON_SIGNAL else "faint"
-            counts[f"strong {where}"] += 1
+            counts["strong on signal" if signal > ON_SIGNAL else "strong faint"] += 1
             spans[n_spax] = spans.get(n_spax, 0) + 1
-            # (filled in below, once the first predictions are known)
-            bad_voxels.append((len(lines), i, np.stack(vox, axis=1), inj, peak, missed,
-                               n_planes, n_spax, signal))
-            lines.append(None)
+            # would the artifact-free prediction find the peak voxel beyond 5 sigma?
+            sd_clean = clean_cube[1][vox][peak] / err[vox][peak]
+            seen = np.isfinite(sd_clean) and abs(inj[peak]) / np.hypot(1.0, sd_clean) > 5
+            kind = "hidden by itself" if seen else BELOW
+            counts[kind] += 1
+            lines.append(f"  artifact {i}: peak {art.peak_sigma:+.0f} sigma over {n_planes} "
+                         f"plane(s) x {n_spax} spaxel(s), peak voxel at signal {signal:.0f} "
+                         f"sigma: {'missed' if missed else 'flagged, badly replaced'}; {kind}")
+            for j, (k, y, x) in enumerate(zip(*vox, strict=True)):
+                first = [(pred[k, y, x], sd[k, y, x]) for pred, sd in (injected, clean_cube)]
+                lines.append(_fmt_voxel(cube, err, flags, after, k, y, x, inj[j], first))
         elif np.any(np.abs(left) > 5):
             counts["weak left > 5"] += 1
             lines.append(f"  artifact {i}: peak {art.peak_sigma:+.1f} sigma, {n_planes} plane(s) "
                          f"x {n_spax} spaxel(s), signal {signal:.1f}: left up to "
                          f"{np.max(np.abs(left)):.1f} sigma ({int(flags[vox].sum())} of "
                          f"{len(vox[0])} voxels flagged)")
-    if bad_voxels:
-        rows = tuple(np.concatenate([b[2] for b in bad_voxels]).T)
-        first = [tuple(a[rows] for a in records) for records in (injected, clean_cube)]
-        at = 0
-        out = []
-        for start, (line_at, i, vox, inj, peak, missed, n_planes, n_spax, signal) in zip(
-                np.cumsum([0] + [len(b[2]) for b in bad_voxels[:-1]]), bad_voxels, strict=True):
-            while at < line_at:
-                out.append(lines[at])
-                at += 1
-            at += 1
-            part = [(p[start:start + len(vox)], sd[start:start + len(vox)]) for p, sd in first]
-            # would the artifact-free prediction find the peak voxel beyond 5 sigma?
-            sd_clean = part[1][1][peak] / err[tuple(vox[peak])]
-            seen = np.isfinite(sd_clean) and abs(inj[peak]) / np.hypot(1.0, sd_clean) > 5
-            kind = "hidden by itself" if seen else BELOW
-            counts[kind] += 1
-            out.append(f"  artifact {i}: peak {cube.artifacts[i].peak_sigma:+.0f} sigma over "
-                       f"{n_planes} plane(s) x {n_spax} spaxel(s), peak voxel at signal "
-                       f"{signal:.0f} sigma: {'missed' if missed else 'flagged, badly replaced'}"
-                       f"; {kind}")
-            for j, (k, y, x) in enumerate(vox):
-                out.append(_fmt_voxel(cube, err, flags, after, int(k), int(y), int(x), inj[j],
-                                      [(p[j], sd[j]) for p, sd in part]))
-        lines = out + lines[at:]
     return lines, counts, spans
 
 
@@ -232,7 +214,8 @@ def report(label, kind, settings):
     """The lines describing robust mode on one cube, and the targets it misses there."""
     cube = make_kind(kind, **settings)
     lm, planes = layer_map_for(cube)
-    robust = clip_cube(cube.sci, cube.err, lm, method="robust")
+    robust, injected = first_pass(cube.sci, cube.err, lm)
+    _, clean_cube = first_pass(cube.clean.astype(cube.sci.dtype), cube.err, lm)
     paper = clip_cube(cube.sci, cube.err, lm, method="paper")
     oracle_sci = np.where(cube.artifact_mask, cube.model, cube.sci)
     # (times are not measured here: quality.py does that)
@@ -242,8 +225,6 @@ def report(label, kind, settings):
     fails = targets(results)
     err = cube.err.astype(float) / cube.err_scale
     after = np.asarray(robust.sci, float)
-    injected = first_pass(cube.sci, cube.err, lm)
-    clean_cube = first_pass(cube.clean.astype(cube.sci.dtype), cube.err, lm)
     art_lines, counts, spans = artifact_report(cube, err, robust.flags, after, injected,
                                                clean_cube)
     flag_lines = signal_flag_report(cube, err, robust.flags, after)
