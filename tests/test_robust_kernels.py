@@ -10,8 +10,10 @@ from layerclip.robust_kernels import (
     _cholesky,
     _fit_window,
     _inverse_from_cholesky,
+    _largest,
     _median,
     _select,
+    _select_pair,
     count_unusable,
     grow_flags,
     plane_mad,
@@ -114,6 +116,82 @@ def test_select_and_small_median_match_numpy(rng):
                 buf[:n] = values
                 assert _median(buf, n) == np.median(values)
     assert np.isnan(_median(np.empty(8), 0))
+
+
+def test_select_pair_matches_numpy_for_every_kth(rng):
+    """Both order statistics for every kth, with ties, repeated and infinite values,
+    across the sorted (n <= 16) and partitioning paths."""
+    for n in (1, 2, 5, 16, 17, 18, 33, 100, 454, 455, 1200):
+        for kind in ("normal", "rounded", "few", "inf"):
+            values = rng.normal(size=n)
+            if kind == "rounded":
+                values = np.round(values * 2) / 2
+            elif kind == "few":
+                values = np.where(rng.uniform(size=n) < 0.1, 2.0, 1.5)
+            elif kind == "inf":
+                values = np.abs(rng.standard_cauchy(size=n))
+                values[rng.uniform(size=n) < 0.05] = np.inf
+            ordered = np.sort(values)
+            work = np.empty((2, n))
+            kths = range(n) if n <= 455 else range(0, n, 7)
+            for kth in kths:
+                buf = values.copy()
+                lower, upper = _select_pair(buf, n, kth, work[0], work[1])
+                assert upper == ordered[kth]
+                assert lower == (ordered[kth - 1] if kth else -np.inf)
+                assert np.array_equal(np.sort(buf), ordered)  # only reordered
+
+
+def test_largest():
+    assert _largest(np.array([1.0, 3.0, -2.0, 9.0]), 3) == 3.0
+    assert _largest(np.empty(4), 0) == -np.inf
+
+
+def _screen_voxels_by_rule(rho, spread, usable, bright, neighbours, sigma, candidate_sigma):
+    """:func:`screen_voxels`' rules voxel by voxel in plain Python."""
+    n_planes, m = rho.shape
+    with np.errstate(invalid="ignore"):
+        rho = np.where(np.isfinite(rho), rho * (1.0 / spread[:, None]), 0.0)
+    outlying = np.zeros(rho.shape, bool)
+    candidate = np.zeros(rho.shape, bool)
+    for k in range(n_planes):
+        for s in range(m):
+            value = rho[k, s]
+            if abs(value) > sigma and not bright[k, s] and usable[k, s]:
+                has = [nb for nb in neighbours[:, s] if nb >= 0]
+                shared = sum(rho[k, nb] * np.sign(value) > candidate_sigma for nb in has)
+                outlying[k, s] = not 2 * shared > len(has)
+            decided = abs(value) <= candidate_sigma
+            if decided and bright[k, s]:
+                window = range(k - 3, k + 4)
+                decided = all(0 <= kk < n_planes and usable[kk, s]
+                              and abs(rho[kk, s]) <= candidate_sigma for kk in window)
+            candidate[k, s] = usable[k, s] and not decided
+    return rho, outlying, candidate
+
+
+@pytest.mark.parametrize("m", [0, 1, 7, 8, 13, 40])
+def test_screen_voxels_match_the_rules_voxel_by_voxel(m, rng):
+    """Outlying, shared and bright-smooth voxels on planes of any width (not only whole
+    groups of eight spaxels), against a plain loop over the rules."""
+    n_planes = 30
+    rho = rng.normal(size=(n_planes, m)) * 2.0
+    rho[rng.uniform(size=rho.shape) < 0.05] = np.nan
+    usable = rng.uniform(size=rho.shape) > 0.1
+    bright = rng.uniform(size=rho.shape) < 0.4
+    neighbours = rng.integers(-1, max(m, 1), size=(8, m)).astype(np.int64)
+    spread = np.linspace(0.8, 1.5, n_planes)
+    screen, outlying, candidate = (np.empty(rho.shape, np.float32),
+                                   np.empty(rho.shape, bool), np.empty(rho.shape, bool))
+    expected = _screen_voxels_by_rule(rho, spread, usable, bright, neighbours, 2.0, 1.5)
+    screen_voxels(rho, spread, usable, bright, neighbours, 2.0, 1.5, screen, outlying,
+                  candidate)
+    np.testing.assert_array_equal(rho, expected[0])
+    np.testing.assert_array_equal(screen, expected[0].astype(np.float32))
+    np.testing.assert_array_equal(outlying, expected[1])
+    np.testing.assert_array_equal(candidate, expected[2])
+    if m >= 8:
+        assert expected[1].any() and (bright & ~expected[2] & usable).any()
 
 
 def test_grow_flags_follows_sign_and_steps():

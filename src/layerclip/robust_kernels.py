@@ -943,15 +943,27 @@ def spectral_baseline(y, usable, k, s):
 
 @njit(**_JIT)
 def _select(values, n, kth, work_a, work_b):
-    """The ``kth`` smallest of ``values[:n]``, which may be reordered.
+    """The ``kth`` smallest of ``values[:n]``, which may be reordered (see :func:`_select_pair`)."""
+    return _select_pair(values, n, kth, work_a, work_b)[1]
+
+
+@njit(**_JIT)
+def _select_pair(values, n, kth, work_a, work_b):
+    """The ``kth - 1``-th and ``kth``-th smallest of ``values[:n]`` (-inf for the first
+    when ``kth`` is 0); ``values`` may be reordered.
 
     Quickselect with a median-of-three pivot, partitioning into the scratch arrays
     ``work_a`` and ``work_b`` (each at least ``n`` long) by counting instead of by
     branching: the branch in a classic partition is mispredicted half the time on
-    noise, which made it three times slower on the per-plane medians.
+    noise, which made it three times slower on the per-plane medians. The value
+    below the ``kth`` comes with it almost for free (the largest value discarded
+    below the part searched, or the neighbour in the last few values sorted), where
+    a separate pass for it, whose conditional maximum compiles to a branch,
+    took twice as long as the selection itself.
     """
     src = values
     into_a = True
+    floor = -np.inf  # the largest value discarded below src (all of src is above it)
     while n > 16:
         a, b, c = src[0], src[n // 2], src[n - 1]
         pivot = max(min(a, b), min(max(a, b), c))
@@ -964,17 +976,30 @@ def _select(values, n, kth, work_a, work_b):
         if kth < n_below:
             src, n, into_a = dst, n_below, not into_a
             continue
+        if kth == n_below:
+            # the pivot, right above the values below it (in dst[:n_below])
+            return max(floor, _largest(dst, n_below)), pivot
         n_above = 0
         for i in range(n):
             v = src[i]
             dst[n_above] = v
             n_above += v > pivot
         if kth < n - n_above:
-            return pivot
+            return pivot, pivot  # kth - 1 is not below the pivot either
         kth -= n - n_above
+        floor = pivot
         src, n, into_a = dst, n_above, not into_a
     _sort_few(src, n)
-    return src[kth]
+    return (src[kth - 1] if kth > 0 else floor), src[kth]
+
+
+@njit(**_JIT)
+def _largest(values, n):
+    """The largest of ``values[:n]`` (-inf when ``n`` is 0)."""
+    out = -np.inf
+    for i in range(n):
+        out = max(out, values[i])
+    return out
 
 
 @njit(**_JIT)
@@ -1040,18 +1065,8 @@ def plane_mad(residual, cols, min_count, out):
 @njit(**_JIT)
 def _median_of_many(buf, n, work_a, work_b):
     """Median of ``buf[:n]`` (``n`` > 0; ``buf`` may be reordered), by quickselect."""
-    upper = _select(buf, n, n // 2, work_a, work_b)
-    if n % 2:
-        return upper
-    # the value below it in sorted order: the largest value under it, unless it is
-    # not unique there (fewer than n // 2 values under it)
-    n_under = 0
-    lower = -np.inf
-    for i in range(n):
-        v = buf[i]
-        n_under += v < upper
-        lower = max(lower, v if v < upper else -np.inf)
-    return 0.5 * ((lower if n_under == n // 2 else upper) + upper)
+    lower, upper = _select_pair(buf, n, n // 2, work_a, work_b)
+    return upper if n % 2 else 0.5 * (lower + upper)
 
 
 @njit(**_JIT)
@@ -1088,6 +1103,12 @@ def screen_voxels(rho, spread, usable, bright, neighbours, sigma, candidate_sigm
     ``outlying`` marks faint voxels beyond ``sigma`` that most of their neighbours do
     not share (same sign, beyond ``candidate_sigma``); ``candidate`` marks usable
     voxels that are bright or beyond ``candidate_sigma``.
+
+    Each plane gets the verdicts that need no more than the voxel itself first, in
+    a loop without branches; the few voxels whose verdicts need their neighbours or
+    their spectrum (a fraction of a percent) are then found eight at a time and
+    decided by :func:`_screen_verdicts`. Deciding every voxel in one loop with those
+    branches took twice as long.
     """
     n_planes, m = rho.shape
     for k in range(n_planes):
@@ -1097,32 +1118,69 @@ def screen_voxels(rho, spread, usable, bright, neighbours, sigma, candidate_sigm
             r = r * inv_spread if np.isfinite(r) else 0.0
             rho[k, s] = r
             screen[k, s] = r
+    n_words = (m + 7) // 8
+    rare = np.zeros(8 * n_words, np.bool_)
+    rare_words = rare.view(np.uint64)
     for k in range(n_planes):
-        for s in range(m):
-            value = rho[k, s]
-            out = abs(value) > sigma and not bright[k, s] and usable[k, s]
-            if out:
-                n_has = 0
-                n_shared = 0
-                sign = 1.0 if value > 0 else -1.0
-                for q in range(8):
-                    nb = neighbours[q, s]
-                    if nb >= 0:
-                        n_has += 1
-                        if rho[k, nb] * sign > candidate_sigma:
-                            n_shared += 1
-                out = not (2 * n_shared > n_has)
-            outlying[k, s] = out
-            decided = abs(value) <= candidate_sigma
-            if decided and bright[k, s]:
-                # a bright spectrum that the baseline follows on every plane within
-                # three of k (no line, no residual there) is smooth: the screen decides
-                for kk in range(k - _SMOOTH_PLANES, k + _SMOOTH_PLANES + 1):
-                    if kk < 0 or kk >= n_planes or not usable[kk, s] \
-                            or not abs(rho[kk, s]) <= candidate_sigma:
-                        decided = False
-                        break
-            candidate[k, s] = usable[k, s] and not decided
+        _plain_verdicts(rho, usable, bright, sigma, candidate_sigma, outlying, candidate, rare,
+                        k)
+        for w in range(n_words):
+            if rare_words[w]:
+                for s in range(8 * w, min(8 * w + 8, m)):
+                    if rare[s]:
+                        _screen_verdicts(rho, usable, bright, neighbours, sigma,
+                                         candidate_sigma, outlying, candidate, k, s)
+
+
+@njit(**_JIT)
+def _plain_verdicts(rho, usable, bright, sigma, candidate_sigma, outlying, candidate, rare, k):
+    """:func:`screen_voxels`' verdicts on plane ``k`` from each voxel alone.
+
+    ``rare[s]`` marks where they are not final: a faint voxel beyond ``sigma`` (its
+    neighbours may share it) and a bright one within ``candidate_sigma`` (its
+    spectrum may be smooth). Bitwise operators, not ``and``/``or``, keep the loop
+    free of branches.
+    """
+    for s in range(rho.shape[1]):
+        a = abs(rho[k, s])
+        ok = usable[k, s]
+        b = bright[k, s]
+        beyond = a > sigma
+        within = a <= candidate_sigma
+        outlying[k, s] = beyond & ~b & ok
+        candidate[k, s] = ok & ~within
+        rare[s] = (beyond & ~b & ok) | (within & b)
+
+
+@njit(**_JIT)
+def _screen_verdicts(rho, usable, bright, neighbours, sigma, candidate_sigma, outlying,
+                     candidate, k, s):
+    """:func:`screen_voxels`' verdicts on voxel ``(k, s)``, everything considered."""
+    n_planes = rho.shape[0]
+    value = rho[k, s]
+    out = abs(value) > sigma and not bright[k, s] and usable[k, s]
+    if out:
+        n_has = 0
+        n_shared = 0
+        sign = 1.0 if value > 0 else -1.0
+        for q in range(8):
+            nb = neighbours[q, s]
+            if nb >= 0:
+                n_has += 1
+                if rho[k, nb] * sign > candidate_sigma:
+                    n_shared += 1
+        out = not (2 * n_shared > n_has)
+    outlying[k, s] = out
+    decided = abs(value) <= candidate_sigma
+    if decided and bright[k, s]:
+        # a bright spectrum that the baseline follows on every plane within
+        # three of k (no line, no residual there) is smooth: the screen decides
+        for kk in range(k - _SMOOTH_PLANES, k + _SMOOTH_PLANES + 1):
+            if kk < 0 or kk >= n_planes or not usable[kk, s] \
+                    or not abs(rho[kk, s]) <= candidate_sigma:
+                decided = False
+                break
+    candidate[k, s] = usable[k, s] and not decided
 
 
 @njit(**_JIT)
