@@ -5,6 +5,8 @@ This is the array-code version of :func:`layerclip.robust_kernels.predict_voxels
 as an independent implementation the compiled kernel is checked against.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 from layerclip.robust import masked_median
@@ -62,8 +64,8 @@ def spectral_baseline(y, usable):
 
 
 def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_window,
-             model_error, screen=None, bright=None, candidate_sigma=3.5, flagged=None,
-             drop_adjacent=False, return_aside=False, raw=None):
+             model_error, bright_snr, screen=None, bright=None, candidate_sigma=3.5,
+             flagged=None, drop_adjacent=False, return_aside=False, raw=None):
     """Neighbour-basis predictions for the voxels ``(ks, ss)`` of a compact block.
 
     Parameters
@@ -80,6 +82,10 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
         fit and the neighbour's value there filled in from the planes either side.
     ks, ss : ndarray of int
         Planes and spaxels to predict.
+    bright_snr : float
+        A joint fit's prediction on a bright spectrum (or without ``bright``, any),
+        or above ``bright_snr`` x ERR, has at least the variance that the
+        neighbours' noise on the voxel's plane gives it.
     screen, bright : ndarray, optional
         The screen's normalised residual and where spectra are bright. Neighbours
         that stand out on the voxel's plane (beyond ``candidate_sigma`` on a faint
@@ -167,6 +173,9 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
     w_val = np.where(ok, w_val, 0.0)
     rank = np.where(use.any(axis=1), 5, 1)
     e2 = e[ks, ss] ** 2
+    floor = _Floor(np.where(use, e[ks[:, None], nbc] ** 2, 0.0),
+                   np.where(np.ones(ks.size, bool) if bright is None else bright[ks, ss],
+                            -np.inf, bright_snr * e[ks, ss]))
     # Three predictions. (1) The joint fit with the voxel left out: precise where
     # the spectrum is sharply peaked. (2) The same with the planes on either side
     # left out too: a residual spanning 2-3 planes cannot set it. (3) Where the
@@ -177,11 +186,11 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
     weight[rows, centre_at] = 0.0
     given = weight.copy()
     value, variance, adjacent = _fit_window(basis, w_val, weight.copy(), rows, centre_at,
-                                            rank, e2, model_error)
+                                            rank, e2, model_error, floor)
     for step in (-1, 1):
         weight[rows, np.clip(centre_at + step, 0, length - 1)] = 0.0
     value3, variance3, _ = _fit_window(basis, w_val, weight, rows, centre_at, rank, e2,
-                                       model_error)
+                                       model_error, floor)
     wider = variance3 < variance
     if bright is not None:
         # on a bright, sharply peaked spectrum the fit without the planes next to
@@ -225,7 +234,7 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
             w_val[at], given[at], n_val[at], use[at], centre_at[at], rank[at], e2[at],
             y[ks[at], ss[at]], model_error, value[at], variance[at],
             e[ks[at, None], nbc[at]], x_side[0], x_side[1], candidate_sigma,
-            not first_pass)
+            not first_pass, _Floor(floor.nb_var[at], floor.above[at]))
         better = np.isfinite(value4)
         value[at[better]] = value4[better]
         variance[at[better]] = variance4[better]
@@ -244,7 +253,7 @@ def predict(y, e, fit_ok, template, template_ok, neighbours, ks, ss, *, half_win
 
 def _without_siding_neighbours(w_val, given, n_val, use, centre_at, rank, e2, x, model_error,
                                value0, variance0, nb_err, x_before, x_after, candidate_sigma,
-                               only_extrapolating):
+                               only_extrapolating, floor):
     """Step (4) of :func:`predict` for the rows given (NaN where it does not apply)."""
     rows = np.arange(w_val.shape[0])
     length = w_val.shape[1]
@@ -284,13 +293,15 @@ def _without_siding_neighbours(w_val, given, n_val, use, centre_at, rank, e2, x,
     n_side = side.sum(axis=1)
     go &= (n_side > 0) & (2 * n_side < use.sum(axis=1))
     n_val = np.where(side[:, None, :], 0.0, n_val)
+    floor = _Floor(np.where(side, 0.0, floor.nb_var), floor.above)
     basis = np.empty(n_val.shape[:2] + (5,))
     basis[..., 0] = 1.0
     basis[..., 1:] = n_val @ _BASIS.T
     value, variance, adjacent = _fit_window(basis, w_val, given.copy(), rows, centre_at, rank,
-                                            e2, model_error)
+                                            e2, model_error, floor)
     value3, variance3, _, coef, inv = _fit_window(basis, w_val, without_sides.copy(), rows,
-                                                  centre_at, rank, e2, model_error, parts=True)
+                                                  centre_at, rank, e2, model_error, floor,
+                                                  parts=True)
     # the fit without the planes next to the voxel must predict one of them
     predicts_a_side = np.zeros(rows.size, bool)
     for step_j in (-1, 1):
@@ -317,7 +328,16 @@ def _without_siding_neighbours(w_val, given, n_val, use, centre_at, rank, e2, x,
     return np.where(go, value, np.nan), np.where(go, variance, np.nan), side & go[:, None]
 
 
-def _fit_window(basis, w_val, weight, rows, centre_at, rank, e2, model_error, parts=False):
+class _Floor(NamedTuple):
+    """Each row's neighbours' noise variance on its centre plane (0 where a neighbour
+    is not in the basis) and the prediction above which it bounds the variance."""
+
+    nb_var: np.ndarray
+    above: np.ndarray
+
+
+def _fit_window(basis, w_val, weight, rows, centre_at, rank, e2, model_error, floor,
+                parts=False):
     """Weighted least-squares fit of each window, evaluated at its centre.
 
     One robust step drops the point the first fit misses worst when it lies
@@ -365,6 +385,11 @@ def _fit_window(basis, w_val, weight, rows, centre_at, rank, e2, model_error, pa
     excess = np.maximum(press.sum(axis=1) / np.maximum(n_fit, 1) - 1.0,
                         np.where(near, press, 0.0).max(axis=1) - 4.0)
     variance = leverage * np.maximum(chi2, 1.0) + model_error * np.maximum(excess, 0.0) * e2
+    # (above floor.above, at least the variance of the neighbour values combined: the
+    # prediction weighs each neighbour by the basis coefficients it enters with)
+    weights = coef[:, 1:] @ _BASIS
+    spread = leverage * np.maximum(chi2, 1.0) + (weights ** 2 * floor.nb_var).sum(axis=1)
+    variance = np.where(value > floor.above, np.maximum(variance, spread), variance)
     bad = n_fit < _MIN_FIT_POINTS
     value[bad] = np.nan
     variance[bad] = np.nan

@@ -7,6 +7,8 @@ from benchmark_cubes import benchmark_cube, target_layer_map
 
 from layerclip import robust
 from layerclip.robust_kernels import (
+    _basis_noise,
+    _basis_row,
     _cholesky,
     _fit_window,
     _inverse_from_cholesky,
@@ -38,13 +40,42 @@ def test_window_fit_matches_plain_least_squares(rng):
         work = [np.empty((p, p)), np.empty((p, p)), np.empty(p), np.empty(length),
                 np.empty(p + length)]
         value, variance, _ = _fit_window(basis, values, weight.copy(), length, centre, p, 1.0,
-                                         2.0, *work)
+                                         2.0, *work, np.zeros(8), -np.inf)
         keep = weight > 0
         sw = np.sqrt(weight[keep])
         coef = np.linalg.lstsq(basis[keep] * sw[:, None], values[keep] * sw, rcond=None)[0]
         assert value == pytest.approx(basis[centre] @ coef, rel=1e-8, abs=1e-8)
         cov = np.linalg.inv((basis[keep] * weight[keep][:, None]).T @ basis[keep])
         assert variance >= basis[centre] @ cov @ basis[centre] * (1 - 1e-6)
+
+
+def test_window_fit_variance_covers_the_neighbours_noise_on_signal(rng):
+    """A window the basis fits exactly, from neighbours far noisier than the voxel:
+    above the floor the variance is at least the neighbour values' noise carried by
+    the coefficients; below it, only the fit's own (a fraction of that here)."""
+    length = 15
+    n_val = rng.normal(size=(length, 8)) * 10.0 + 50.0
+    basis = np.empty((length, 5))
+    for j in range(length):
+        _basis_row(n_val, basis, j)
+    coef = np.array([3.0, 0.4, 0.1, 1.5, -0.8])
+    values = basis @ coef
+    weight = np.ones(length)
+    weight[7] = 0.0
+    nb_var = rng.uniform(1.0, 9.0, size=8)
+    # the prediction weighs each neighbour as the basis terms it enters do
+    weights = np.array([0.1, 0.4 + 0.8, 0.1, 0.4 - 1.5, 0.4 + 1.5, 0.1, 0.4 - 0.8, 0.1])
+    expected = (weights ** 2 * nb_var).sum()
+    assert _basis_noise(coef, nb_var) == pytest.approx(expected, rel=1e-12)
+    work = [np.empty((5, 5)), np.empty((5, 5)), np.empty(5), np.empty(length),
+            np.empty(5 + length)]
+    value, floored, _ = _fit_window(basis, values, weight.copy(), length, 7, 5, 1.0, 2.0,
+                                    *work, nb_var, -np.inf)
+    assert value == pytest.approx(basis[7] @ coef, rel=1e-5)
+    assert floored >= expected
+    _, plain, _ = _fit_window(basis, values, weight.copy(), length, 7, 5, 1.0, 2.0, *work,
+                              nb_var, value + 1.0)
+    assert plain < 0.2 * expected
 
 
 def test_cholesky_inverse_matches_numpy(rng):
@@ -340,7 +371,8 @@ def test_refits_match_reference_where_extrapolating_neighbours_side():
     flags, prediction = robust.clip_block_robust(y, e, usable, neighbours)
     fk, fs = np.nonzero(flags)
     ks, ss = np.nonzero(candidate & ~bright)
-    kw = {"opts": {"half_window": 7, "model_error": 2.0, "candidate_sigma": 3.5},
+    kw = {"opts": {"half_window": 7, "model_error": 2.0, "candidate_sigma": 3.5,
+                   "bright_snr": 10.0},
           "screen": screen, "bright": bright, "exclude": (outlying, flags),
           "flagged": (flags, fk, fs), "repaired_value": prediction.value.astype(float),
           "return_aside": True}
@@ -389,7 +421,8 @@ def test_predictions_match_vectorised_reference(block, case, rng):
         flags = flags & usable
         case = case[len("holes, "):] if "," in case else "first pass"
     ks, ss = np.nonzero(candidate)
-    kw = {"opts": {"half_window": 7, "model_error": 2.0, "candidate_sigma": 3.5},
+    kw = {"opts": {"half_window": 7, "model_error": 2.0, "candidate_sigma": 3.5,
+                   "bright_snr": 10.0},
           "screen": screen, "bright": bright, "exclude": (outlying,)}
     if case != "first pass":
         fk, fs = np.nonzero(flags)

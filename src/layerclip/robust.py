@@ -517,7 +517,7 @@ def _predict(y, e, usable, neighbours, ks, ss, *, opts, unusable_before, exclude
     ks, ss : ndarray of int
         Planes and spaxels to predict.
     opts : dict
-        ``half_window``, ``model_error`` and ``candidate_sigma``.
+        ``half_window``, ``model_error``, ``candidate_sigma`` and ``bright_snr``.
     unusable_before : ndarray of int
         From :func:`layerclip.robust_kernels.count_unusable`.
     exclude : sequence of ndarray of bool
@@ -571,7 +571,8 @@ def _predict(y, e, usable, neighbours, ks, ss, *, opts, unusable_before, exclude
                    bool(drop_adjacent), neighbours,
                    np.ascontiguousarray(ks, np.int64), np.ascontiguousarray(ss, np.int64),
                    int(opts["half_window"]), float(opts["model_error"]), screen, bright, True,
-                   float(opts["candidate_sigma"]), value, variance, aside)
+                   float(opts["candidate_sigma"]), float(opts["bright_snr"]), value, variance,
+                   aside)
     return (value, variance, aside) if return_aside else (value, variance)
 
 
@@ -645,7 +646,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     value = np.full(y.shape, np.nan, np.float32)
     variance = np.full(y.shape, np.nan, np.float32)
     opts = {"half_window": half_window, "model_error": model_error,
-            "candidate_sigma": candidate_sigma}
+            "candidate_sigma": candidate_sigma, "bright_snr": bright_snr}
     unusable_before = np.empty((n_planes + 1, m), np.int16 if n_planes < 2**15 else np.int32)
     count_unusable(usable, unusable_before)
     common = {"opts": opts, "screen": screen, "bright": bright,

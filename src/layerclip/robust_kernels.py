@@ -161,13 +161,21 @@ def _inverse_from_cholesky(chol, inv, size):
 
 @njit(**_JIT)
 def _fit_window(basis, wv, weight, length, centre, rank, e2, model_error, chol, inv, coef,
-                resid, scratch):
+                resid, scratch, nb_var, floor_above):
     """Weighted least-squares fit of one window, evaluated at ``centre``.
 
     One robust step drops the worst-fitted point when it lies beyond 4 sigma and
     beyond four times the typical miss, and fits again (``weight`` is updated).
     Returns the prediction, its variance (NaN with too few points) and the largest
     miss, in ERR, of the planes next to the centre among the points given.
+
+    A prediction above ``floor_above`` (real signal) is never stated more precise
+    than the noise of the neighbour values it combines on the centre plane
+    (:func:`_basis_noise` of ``nb_var``, each neighbour's ERR squared there, 0 for
+    one not in the basis): the window's misfits estimate that noise from a dozen
+    points, and where they happen to fall low, a prediction on a bright, steep
+    profile, whose directional terms weigh a neighbour by more than one, was
+    stated several times too precise (a flag on a point source's wing).
     """
     given_prev = weight[max(centre - 1, 0)]
     given_next = weight[min(centre + 1, length - 1)]
@@ -311,6 +319,8 @@ def _fit_window(basis, wv, weight, length, centre, rank, e2, model_error, chol, 
                 near_max = press
     excess = max(press_sum / max(n_fit, 1) - 1.0, near_max - 4.0)
     variance = leverage * max(chi2, 1.0) + model_error * max(excess, 0.0) * e2
+    if value > floor_above:
+        variance = max(variance, leverage * max(chi2, 1.0) + _basis_noise(coef, nb_var))
     if n_fit < _MIN_FIT_POINTS:
         value = np.nan
         variance = np.nan
@@ -327,6 +337,22 @@ def _basis_row(n_val, basis, j):
     basis[j, 2] = n_val[j, 0] + n_val[j, 2] + n_val[j, 5] + n_val[j, 7]
     basis[j, 3] = n_val[j, 4] - n_val[j, 3]
     basis[j, 4] = n_val[j, 6] - n_val[j, 1]
+
+
+@njit(**_JIT)
+def _basis_noise(coef, nb_var):
+    """Variance that the neighbours' noise (``nb_var``) gives the prediction ``basis . coef``.
+
+    The prediction weighs each neighbour by the coefficients of the basis terms it
+    enters (:func:`_basis_row`): an edge neighbour by the edge sum's and plus or
+    minus its direction's, a corner by the corner sum's.
+    """
+    edge = coef[1]
+    east_west = coef[3]
+    south_north = coef[4]
+    return (coef[2] * coef[2] * (nb_var[0] + nb_var[2] + nb_var[5] + nb_var[7])
+            + (edge - south_north) ** 2 * nb_var[1] + (edge + south_north) ** 2 * nb_var[6]
+            + (edge - east_west) ** 2 * nb_var[3] + (edge + east_west) ** 2 * nb_var[4])
 
 
 @njit(**_JIT)
@@ -363,7 +389,7 @@ def _without_siding_neighbours(x, median, value0, variance0, wv, given, weight, 
                                use, n_use, nb_err, x_before, x_after, candidate_sigma, basis,
                                length, centre, rank, e2, model_error, side, kept, eligible,
                                bump, cand, lev, keep, deviation, buf, sums, chol, inv, coef,
-                               resid, scratch, only_extrapolating):
+                               resid, scratch, only_extrapolating, nb_var, floor_above):
     """The joint fit without the neighbours whose single fits side with the voxel.
 
     A residual spread over the voxel and two or three of its neighbours puts itself
@@ -390,7 +416,8 @@ def _without_siding_neighbours(x, median, value0, variance0, wv, given, weight, 
     prediction (``value0``, ``variance0``), or the first prediction does not agree
     with it; otherwise NaN.
     With ``only_extrapolating`` (a refit), only the neighbours that extrapolate
-    may side. ``n_val``, ``basis`` and ``weight`` are overwritten.
+    may side. ``n_val``, ``basis``, ``weight`` and ``nb_var`` (as for
+    :func:`_fit_window`, with ``floor_above``) are overwritten.
     """
     step = x - median
     bound = _SIDING * np.sqrt(_finite_median(lev, keep, buf))
@@ -443,6 +470,9 @@ def _without_siding_neighbours(x, median, value0, variance0, wv, given, weight, 
         n_side += added
     if n_side == 0 or 2 * n_side >= n_use:
         return np.nan, np.nan
+    for q in range(8):
+        if side[q]:
+            nb_var[q] = 0.0
     for j in range(length):
         for q in range(8):
             if side[q]:
@@ -451,10 +481,12 @@ def _without_siding_neighbours(x, median, value0, variance0, wv, given, weight, 
     for j in range(length):
         weight[j] = given[j]
     value, variance, adjacent = _fit_window(basis, wv, weight, length, centre, rank, e2,
-                                            model_error, chol, inv, coef, resid, scratch)
+                                            model_error, chol, inv, coef, resid, scratch,
+                                            nb_var, floor_above)
     _without_sides(given, weight, length, centre)
     value3, variance3, _ = _fit_window(basis, wv, weight, length, centre, rank, e2,
-                                       model_error, chol, inv, coef, resid, scratch)
+                                       model_error, chol, inv, coef, resid, scratch, nb_var,
+                                       floor_above)
     wider = variance3 < variance and adjacent > _TAIL_SIGMA
     predicts_a_side = wider and _predicts_a_side(basis, wv, given, length, centre, chol, coef,
                                                  scratch[:_N_BASIS])
@@ -598,7 +630,7 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                    repaired_value, any_repaired, any_broken, own_repaired, drop_adjacent,
                    neighbours, ks, ss,
                    half_window, model_error, screen, bright, use_screen, candidate_sigma,
-                   value_out, variance_out, aside_out):
+                   bright_snr, value_out, variance_out, aside_out):
     """Predictions and their variances for the voxels ``(ks[i], ss[i])``.
 
     Parameters
@@ -638,6 +670,10 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
         The screen's normalised residual and where spectra are bright; read only
         when ``use_screen``.
     candidate_sigma : float
+    bright_snr : float
+        A joint fit's prediction on a bright spectrum, or above ``bright_snr`` x
+        ERR, is stated no more precise than the noise of the neighbour values it
+        combines (see :func:`_fit_window`).
     value_out, variance_out : ndarray of float64, shape (len(ks),)
         Filled with the predictions and variances (NaN where too few points).
     aside_out : ndarray of uint8, shape (len(ks),)
@@ -672,6 +708,7 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
     coef = np.empty(_N_BASIS)
     resid = np.empty(length)
     scratch = np.empty(_N_BASIS + length)
+    nb_var = np.empty(8)
     for i in range(ks.size):
         k = ks[i]
         s = ss[i]
@@ -794,6 +831,9 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                 _basis_row(n_val, basis, j)
         rank = 5 if n_use > 0 else 1
         e2 = e[k, s] * e[k, s]
+        for q in range(8):
+            nb_var[q] = e[k, neighbours[q, s]] ** 2 if use[q] else 0.0
+        floor_above = -np.inf if use_screen and bright[k, s] else bright_snr * e[k, s]
         weight[centre] = 0.0
         for j in range(length):
             given[j] = weight[j]
@@ -821,7 +861,8 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
         quiet = not (_median(buf, n) > _QUIET) and not (_median(level, n_slope) > _QUIET)
         on_bright = use_screen and bright[k, s]
         value, variance, adjacent = _fit_window(basis, wv, weight, length, centre, rank, e2,
-                                                model_error, chol, inv, coef, resid, scratch)
+                                                model_error, chol, inv, coef, resid, scratch,
+                                                nb_var, floor_above)
         if quiet or not on_bright or adjacent > _TAIL_SIGMA or tainted:
             # on a bright, sharply peaked spectrum the fit without the planes next
             # to the voxel extrapolates the peak from its wings, and undershoots
@@ -829,7 +870,8 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
             # the voxel badly (the tail of a residual) or a flagged neighbour was
             # left out
             value3, variance3, _ = _fit_window(basis, wv, weight3, length, centre, rank, e2,
-                                               model_error, chol, inv, coef, resid, scratch)
+                                               model_error, chol, inv, coef, resid, scratch,
+                                               nb_var, floor_above)
             if variance3 < variance and (not on_bright or adjacent > _TAIL_SIGMA or tainted):
                 value = value3
                 variance = variance3
@@ -858,7 +900,8 @@ def predict_voxels(y, e, usable, unusable_before, exclude_a, exclude_b, repaired
                     y[k, s], median, value, variance, wv, given, weight3, n_val, deriv, use,
                     n_use, nb_err, x_before, x_after, candidate_sigma, basis, length, centre,
                     rank, e2, model_error, side, kept, eligible, bump, cand, lev, keep,
-                    deviation, buf, sums, chol, inv, coef, resid, scratch, any_repaired)
+                    deviation, buf, sums, chol, inv, coef, resid, scratch, any_repaired,
+                    nb_var, floor_above)
             if np.isfinite(value4):
                 value = value4
                 variance = variance4
