@@ -612,7 +612,9 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         Growing steps (each one plane / one spaxel).
     candidate_sigma, bright_snr : float
         The screen: voxels whose baseline residual exceeds ``candidate_sigma``, or
-        whose baseline exceeds ``bright_snr`` x ERR, are fitted.
+        whose baseline exceeds ``bright_snr`` x ERR, are fitted. A prediction on
+        such a spectrum, or above ``bright_snr`` x ERR, is stated no more precise
+        than the noise of the neighbour values it combines.
     passes : int
         Fits of the voxels near flags (default 3: the first and two refits; each refit
         after the first only near the flags the one before changed).
