@@ -384,11 +384,12 @@ def _fit_window(basis, w_val, weight, rows, centre_at, rank, e2, model_error, fl
     # so that much of it is noise)
     excess = np.maximum(press.sum(axis=1) / np.maximum(n_fit, 1) - 1.0,
                         np.where(near, press, 0.0).max(axis=1) - 4.0)
-    variance = leverage * np.maximum(chi2, 1.0) + model_error * np.maximum(excess, 0.0) * e2
+    coef_variance = leverage * np.maximum(chi2, 1.0)
+    variance = coef_variance + model_error * np.maximum(excess, 0.0) * e2
     # (above floor.above, at least the variance of the neighbour values combined: the
     # prediction weighs each neighbour by the basis coefficients it enters with)
     weights = coef[:, 1:] @ _BASIS
-    spread = leverage * np.maximum(chi2, 1.0) + (weights ** 2 * floor.nb_var).sum(axis=1)
+    spread = coef_variance + (weights ** 2 * floor.nb_var).sum(axis=1)
     variance = np.where(value > floor.above, np.maximum(variance, spread), variance)
     bad = n_fit < _MIN_FIT_POINTS
     value[bad] = np.nan

@@ -856,7 +856,8 @@ def test_nan_holes_in_the_neighbours_do_not_flag_real_signal():
 
 def test_point_source_wing_is_not_flagged_on_its_neighbours_noise():
     # Seed 5's ringing point source (quality_unseen.py): a voxel at S/N 58 on the
-    # source's wing, nothing injected within two spaxels. Its fit meets the window
+    # source's wing, nothing injected in it or its neighbours (a 2960-sigma residual
+    # lies two spaxels away, diagonally). Its fit meets the window
     # with chi2 0.5 and stated 0.67 ERR, but it weighs the west neighbour by -1.17
     # and the others by up to 0.55: their noise on its plane alone is 1.4 ERR. The
     # noisy neighbours put the prediction 5 ERR high (on the noise-free cube it is
