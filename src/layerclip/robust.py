@@ -219,6 +219,9 @@ decisions between the stages. ``tests/robust_reference.py`` holds the vectorised
 NumPy version of the fits that the kernels are checked against.
 """
 
+from dataclasses import dataclass
+from functools import partial
+
 import numpy as np
 from scipy import ndimage
 
@@ -576,6 +579,53 @@ def _predict(y, e, usable, neighbours, ks, ss, *, opts, unusable_before, exclude
     return (value, variance, aside) if return_aside else (value, variance)
 
 
+@dataclass(eq=False)
+class _Block:
+    """What the stages of :func:`clip_block_robust` share: a block's data (ERR already
+    scaled by ``err_factor``), the screen's results, the options, and the arrays
+    the fits update in place: ``rho``, ``value``, ``variance`` and ``aside`` (the
+    neighbours each prediction left out because they sided with the voxel).
+    ``common`` holds the keyword arguments of every :func:`_predict` call."""
+
+    y: np.ndarray
+    e: np.ndarray
+    usable: np.ndarray
+    neighbours: np.ndarray
+    scale: np.ndarray
+    bright: np.ndarray
+    outlying: np.ndarray
+    candidate: np.ndarray
+    unusable_before: np.ndarray
+    common: dict
+    rho: np.ndarray
+    value: np.ndarray
+    variance: np.ndarray
+    aside: np.ndarray
+    sigma: float
+    grow_sigma: float
+    half_window: int
+    grow: int
+    candidate_sigma: float
+    bright_snr: float
+
+
+@dataclass(eq=False)
+class _FirstPass:
+    """The first pass's verdicts on the candidates at planes ``k`` and spaxels ``s``
+    (``linear``: their flat indices, in increasing order), for the later passes:
+    ``rho``, the prediction, its variance, the neighbours left aside, and
+    ``signal``, where the voxel holds real signal."""
+
+    k: np.ndarray
+    s: np.ndarray
+    linear: np.ndarray
+    rho: np.ndarray
+    value: np.ndarray
+    variance: np.ndarray
+    aside: np.ndarray
+    signal: np.ndarray
+
+
 def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sigma"],
                       grow_sigma=DEFAULTS["grow_sigma"], half_window=DEFAULTS["half_window"],
                       model_error=DEFAULTS["model_error"],
@@ -653,41 +703,93 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     count_unusable(usable, unusable_before)
     common = {"opts": opts, "screen": screen, "bright": bright,
               "unusable_before": unusable_before}
-
     # the neighbours each prediction left out because they sided with the voxel
     aside = np.zeros(y.shape, np.uint8)
+    b = _Block(y=y, e=e, usable=usable, neighbours=neighbours, scale=scale, bright=bright,
+               outlying=outlying, candidate=candidate, unusable_before=unusable_before,
+               common=common, rho=rho, value=value, variance=variance, aside=aside,
+               sigma=sigma, grow_sigma=grow_sigma, half_window=half_window, grow=grow,
+               candidate_sigma=candidate_sigma, bright_snr=bright_snr)
 
-    def fit(ks, ss, flagged, first_pass=False):
-        if flagged is None:
-            v, var, aside[ks, ss] = _predict(y, e, usable, neighbours, ks, ss,
-                                             exclude=(outlying,), return_aside=True, **common)
-        else:
-            # (in the first pass the flags, voxels above the ceiling, have no value
-            # yet: neighbours holding one in the window are left out of the basis)
-            v, var, aside[ks, ss] = _predict(y, e, usable, neighbours, ks, ss,
-                                             exclude=(outlying, flagged[0]), flagged=flagged,
-                                             repaired_value=value, return_aside=True,
-                                             **common)
-            again = ~np.isfinite(v)
-            if again.any() and not first_pass:
-                # where flags leave too few planes, the flagged voxels' repaired
-                # values stand in for them
-                v[again], var[again], aside[ks[again], ss[again]] = _predict(
-                    y, e, usable, neighbours, ks[again], ss[again], flagged=flagged,
-                    repaired_value=value, own_repaired=True, return_aside=True, **common)
-        value[ks, ss] = v
-        variance[ks, ss] = var
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = (y[ks, ss] - v) / np.sqrt(e[ks, ss] ** 2 + var) / scale[ks]
-        fitted = np.isfinite(z)
-        rho[ks[fitted], ss[fitted]] = z[fitted]
-        # too few usable planes around a bright voxel to judge it: left alone (on
-        # faint ones the screen's verdict stands; in later passes, the last one's)
-        if flagged is None or first_pass:
-            undecided = ~fitted & bright[ks, ss]
-            rho[ks[undecided], ss[undecided]] = 0.0
+    # the first fits of the candidates, and the neighbour ceiling's flags
+    _fit(b, cand_k, cand_s, None)
+    over_ceiling = _ceiling_flags(b, cand_k, cand_s, ceiling_ratio)
+    _keep_over_ceiling(rho, *over_ceiling)
+    # the first pass's flags, grown, then refitted and grown again passes - 1 times
+    first = _first_pass(b, cand_k, cand_s)
+    seed = np.abs(first.rho) > sigma
+    flags, fk, fs = _grow(first.k[seed], first.s[seed], rho, usable, neighbours, grow_sigma,
+                          grow)
+    flags, fk, fs = _refit_passes(b, first, flags, fk, fs, over_ceiling, passes)
+    # the unflagged tails of strong flags, checked once more (flags grows in place)
+    fk, fs = _flag_tails(b, flags, fk, fs)
+    # A flag next to a flag of the opposite sign on the same plane may be an echo:
+    # a residual in a neighbour that its fit held in the basis pulls the
+    # prediction its way, and the voxel stands out the other way. Such a voxel,
+    # flagged on its own verdict, is refitted with the flags left out of its
+    # basis and window, and cleared where the refit finds nothing, unless the
+    # refit is far vaguer than the fit it replaces (it could not confirm a hit).
+    if fk.size:
+        _clear_echoes(fk, fs, flags, (rho, value, variance, aside), neighbours, sigma,
+                      partial(_fit, b))
+        fk, fs = _true_positions(flags)
+    # replacement values (b.value) for the flags
+    _replacement_values(b, flags, fk, fs)
+    return flags, RobustPrediction(value, variance, rho, scale)
 
-    fit(cand_k, cand_s, None)
+
+def _fit(b, ks, ss, flagged, first_pass=False):
+    """Predict the voxels ``(ks, ss)`` of block ``b`` and judge them, updating
+    ``b.value``, ``b.variance``, ``b.aside`` and ``b.rho`` (where the fit is finite;
+    in the first pass also on a bright spectrum, to 0) in place.
+
+    ``flagged`` is None (only the outlying voxels left out of the windows) or
+    ``(flags, fk, fs)``: flagged voxels are left out of their own windows and
+    repaired (by ``b.value``) in their neighbours' spectra. ``first_pass``: the
+    refit next to the voxels over the ceiling, still within the first pass.
+    """
+    y, e, usable, neighbours, common = b.y, b.e, b.usable, b.neighbours, b.common
+    value, aside = b.value, b.aside
+    if flagged is None:
+        v, var, aside[ks, ss] = _predict(y, e, usable, neighbours, ks, ss,
+                                         exclude=(b.outlying,), return_aside=True, **common)
+    else:
+        # (in the first pass the flags, voxels above the ceiling, have no value
+        # yet: neighbours holding one in the window are left out of the basis)
+        v, var, aside[ks, ss] = _predict(y, e, usable, neighbours, ks, ss,
+                                         exclude=(b.outlying, flagged[0]), flagged=flagged,
+                                         repaired_value=value, return_aside=True,
+                                         **common)
+        again = ~np.isfinite(v)
+        if again.any() and not first_pass:
+            # where flags leave too few planes, the flagged voxels' repaired
+            # values stand in for them
+            v[again], var[again], aside[ks[again], ss[again]] = _predict(
+                y, e, usable, neighbours, ks[again], ss[again], flagged=flagged,
+                repaired_value=value, own_repaired=True, return_aside=True, **common)
+    value[ks, ss] = v
+    b.variance[ks, ss] = var
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (y[ks, ss] - v) / np.sqrt(e[ks, ss] ** 2 + var) / b.scale[ks]
+    fitted = np.isfinite(z)
+    b.rho[ks[fitted], ss[fitted]] = z[fitted]
+    # too few usable planes around a bright voxel to judge it: left alone (on
+    # faint ones the screen's verdict stands; in later passes, the last one's)
+    if flagged is None or first_pass:
+        undecided = ~fitted & b.bright[ks, ss]
+        b.rho[ks[undecided], ss[undecided]] = 0.0
+
+
+def _ceiling_flags(b, cand_k, cand_s, ceiling_ratio):
+    """The neighbour ceiling (see the module notes) on the candidates ``(cand_k,
+    cand_s)`` of block ``b``, after their first fits.
+
+    Returns the planes and spaxels of the voxels over the ceiling by more than
+    ``sigma``, and by how much (in ERR); the voxels near them that hold real signal
+    are fitted again (:func:`_fit`) with them left out.
+    """
+    y, e, usable, neighbours = b.y, b.e, b.usable, b.neighbours
+    sigma = b.sigma
     # The neighbour ceiling: a spaxel cannot be far brighter than its fourth brightest
     # neighbour, whatever the PSF; a voxel above ceiling_ratio times that neighbour's
     # peak (or its own ERR) by more than sigma is flagged whatever the fits say, and
@@ -711,7 +813,7 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         # spaxel next to the peak of a point source sharper than the fourth neighbour
         # allows): a voxel the screen settled, or one checked and under its ceiling;
         # spaxels it vouches for vouch in turn
-        good = usable & ~candidate
+        good = usable & ~b.candidate
         good[passed_k, passed_s] = True
         limit = y[over_k, over_s] - sigma * e[over_k, over_s]
         held = np.zeros(over.size, bool)
@@ -726,35 +828,55 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     if over.size:
         over_mask = np.zeros(y.shape, bool)
         over_mask[over_k, over_s] = True
-        value[over_k, over_s] = np.nan
-        ks, ss = near_flags(over_k, over_s, neighbours, int(half_window), candidate, over_mask,
-                            np.zeros(y.shape, bool))
+        b.value[over_k, over_s] = np.nan
+        ks, ss = near_flags(over_k, over_s, neighbours, int(b.half_window), b.candidate,
+                            over_mask, np.zeros(y.shape, bool))
         # (only where the first verdict is kept for later passes: real signal; on
         # faint spectra it only seeds flags, and the later passes refit those)
         with np.errstate(invalid="ignore"):
-            signal = bright[ks, ss] | (value[ks, ss] > bright_snr * e[ks, ss])
-        fit(ks[signal], ss[signal], (over_mask, over_k, over_s), first_pass=True)
+            signal = b.bright[ks, ss] | (b.value[ks, ss] > b.bright_snr * e[ks, ss])
+        _fit(b, ks[signal], ss[signal], (over_mask, over_k, over_s), first_pass=True)
+    return over_k, over_s, over
 
-    def keep_over_ceiling():
-        rho[over_k, over_s] = np.maximum(rho[over_k, over_s], over)
 
-    keep_over_ceiling()
+def _keep_over_ceiling(rho, over_k, over_s, over):
+    """Raise, in place, ``rho`` of the voxels over the ceiling to their excess ``over``
+    (from :func:`_ceiling_flags`) where it is below."""
+    rho[over_k, over_s] = np.maximum(rho[over_k, over_s], over)
+
+
+def _first_pass(b, cand_k, cand_s):
+    """The first pass's verdicts (a :class:`_FirstPass`) on the voxels of block ``b``
+    that can pass ``sigma``: the candidates ``(cand_k, cand_s)``, and (with a
+    ``sigma`` below ``candidate_sigma``) any voxel beyond it."""
     # Where a voxel can pass sigma: the candidates, and (with a sigma below
     # candidate_sigma) any voxel; later, also voxels flagged by growing.
-    if sigma < candidate_sigma:
-        cand_k, cand_s = _true_positions(usable & (np.abs(rho) > sigma) | candidate)
+    if b.sigma < b.candidate_sigma:
+        cand_k, cand_s = _true_positions(b.usable & (np.abs(b.rho) > b.sigma) | b.candidate)
     # the first pass's verdicts on the bright candidates, for the later passes
-    cand_linear = cand_k * m + cand_s
-    first = rho[cand_k, cand_s]
-    first_value, first_variance = value[cand_k, cand_s], variance[cand_k, cand_s]
-    first_aside = aside[cand_k, cand_s]
+    cand_linear = cand_k * b.y.shape[1] + cand_s
+    first = b.rho[cand_k, cand_s]
+    first_value, first_variance = b.value[cand_k, cand_s], b.variance[cand_k, cand_s]
+    first_aside = b.aside[cand_k, cand_s]
     # real signal on the voxel: a bright spectrum, or a first prediction as bright (a
     # narrow line's peak rises from a faint baseline)
     with np.errstate(invalid="ignore"):
-        first_signal = bright[cand_k, cand_s] | (first_value > bright_snr * e[cand_k, cand_s])
-    seed = np.abs(first) > sigma
-    flags, fk, fs = _grow(cand_k[seed], cand_s[seed], rho, usable, neighbours, grow_sigma, grow)
-    refitted = np.zeros(cand_k.size, bool)
+        first_signal = (b.bright[cand_k, cand_s]
+                        | (first_value > b.bright_snr * b.e[cand_k, cand_s]))
+    return _FirstPass(k=cand_k, s=cand_s, linear=cand_linear, rho=first, value=first_value,
+                      variance=first_variance, aside=first_aside, signal=first_signal)
+
+
+def _refit_passes(b, first, flags, fk, fs, over_ceiling, passes):
+    """The ``passes - 1`` refits of the candidates of block ``b`` near flags (see the
+    module notes), each followed by growing.
+
+    ``first`` is the first pass (:func:`_first_pass`), ``flags, fk, fs`` its grown
+    flags and their planes and spaxels, ``over_ceiling`` the voxels over the
+    ceiling (:func:`_ceiling_flags`). Returns the last flags, planes and spaxels.
+    """
+    m = b.y.shape[1]
+    refitted = np.zeros(first.k.size, bool)
     last = None
     for _ in range(int(passes) - 1):
         if fk.size == 0:
@@ -768,59 +890,81 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         else:
             ck, cs = _true_positions(flags ^ last)
         last = flags
-        ks, ss = near_flags(ck, cs, neighbours, int(half_window), candidate, flags,
-                            np.zeros(y.shape, bool))
-        fit(ks, ss, (flags, fk, fs))
-        # On bright spectra a later fit, with fewer planes, may misjudge real
-        # structure: a voxel there stays flagged only if the first pass agrees
-        # (its rho becomes the weaker of the two, 0 if they disagree in sign); and
-        # where the later fit is much less precise than the first (flags took the
-        # planes that pinned it down), the first one's verdict stands.
-        pos = np.minimum(np.searchsorted(cand_linear, ks * m + ss), cand_linear.size - 1)
-        pos = pos[cand_linear[pos] == ks * m + ss]
-        refitted[pos[first_signal[pos]]] = True
-        at = np.flatnonzero(refitted)
-        bk, bs = cand_k[at], cand_s[at]
-        with np.errstate(invalid="ignore"):
-            vaguer = variance[bk, bs] > 4.0 * first_variance[at]
-        refit = rho[bk, bs]
-        # ... unless the first fit's basis held a neighbour now flagged with a
-        # residual of the same sign, on the same plane, or strongly (beyond
-        # _TAIL_CORE sigma) on a plane next to it where this spaxel is strongly
-        # flagged too (the voxel is then that residual's tail): one residual
-        # spanning both spaxels spoiled that prediction
-        nbs = neighbours[:, bs]
-        shared = _flagged_alike(flags, rho, nbs, bk, refit)
-        strong = _TAIL_CORE * sigma
-        for step in (-1, 1):
-            kk = np.clip(bk + step, 0, n_planes - 1)
-            own_strong = flags[kk, bs] & (np.abs(rho[kk, bs]) > strong)
-            shared |= _flagged_alike(flags, rho, nbs, kk, refit, strong) & own_strong
-        spoiled = shared.any(axis=0) & ((np.sign(refit) != np.sign(first[at]))
-                                        | (np.abs(refit) > np.abs(first[at])))
-        # ... and where the first prediction left out neighbours that sided with
-        # the voxel, unflagged since and not left out by the refit (so back in its
-        # basis), and the refit finds less, the first verdict stands too
-        vaguer |= (_leaned_on(first_aside[at] & ~aside[bk, bs], flags, neighbours, bk, bs)
-                   & (np.abs(refit) < np.abs(first[at])) & (np.abs(first[at]) > strong))
-        vaguer &= ~spoiled
-        value[bk[vaguer], bs[vaguer]] = first_value[at[vaguer]]
-        variance[bk[vaguer], bs[vaguer]] = first_variance[at[vaguer]]
-        aside[bk[vaguer], bs[vaguer]] = first_aside[at[vaguer]]
-        now, was = np.where(vaguer, first[at], refit), first[at]
-        # ... nor where both find it the same way, the first beyond grow_sigma and
-        # the later beyond _TAIL_CORE sigma (the first held the residual's tails)
-        confirmed = ((np.sign(was) == np.sign(now)) & (np.abs(was) > grow_sigma)
-                     & (np.abs(now) > _TAIL_CORE * sigma))
-        rho[bk, bs] = np.where(spoiled | confirmed, now, np.where(
-            np.sign(was) == np.sign(now), np.sign(now) * np.minimum(np.abs(was), np.abs(now)),
-            0.0))
-        keep_over_ceiling()
-        extra = ~candidate[fk, fs]
-        sk, sk_s = np.concatenate([cand_k, fk[extra]]), np.concatenate([cand_s, fs[extra]])
-        seed = np.abs(rho[sk, sk_s]) > sigma
-        flags, fk, fs = _grow(sk[seed], sk_s[seed], rho, usable, neighbours, grow_sigma,
-                              grow)
+        ks, ss = near_flags(ck, cs, b.neighbours, int(b.half_window), b.candidate, flags,
+                            np.zeros(b.y.shape, bool))
+        _fit(b, ks, ss, (flags, fk, fs))
+        # the candidates with real signal refitted in this pass or an earlier one
+        pos = np.minimum(np.searchsorted(first.linear, ks * m + ss), first.linear.size - 1)
+        pos = pos[first.linear[pos] == ks * m + ss]
+        refitted[pos[first.signal[pos]]] = True
+        _settle_refits(b, first, np.flatnonzero(refitted), flags)
+        _keep_over_ceiling(b.rho, *over_ceiling)
+        extra = ~b.candidate[fk, fs]
+        sk, sk_s = np.concatenate([first.k, fk[extra]]), np.concatenate([first.s, fs[extra]])
+        seed = np.abs(b.rho[sk, sk_s]) > b.sigma
+        flags, fk, fs = _grow(sk[seed], sk_s[seed], b.rho, b.usable, b.neighbours,
+                              b.grow_sigma, b.grow)
+    return flags, fk, fs
+
+
+def _settle_refits(b, first, at, flags):
+    """Weigh, in place, the refits of the first pass's candidates ``at`` (positions in
+    ``first``, a :class:`_FirstPass`) against their first verdicts: the rules
+    "vaguer", "spoiled" and "confirmed" of the module notes decide ``b.rho`` and,
+    where the first verdict stands, restore its prediction."""
+    n_planes = b.y.shape[0]
+    sigma, rho, neighbours = b.sigma, b.rho, b.neighbours
+    # On bright spectra a later fit, with fewer planes, may misjudge real
+    # structure: a voxel there stays flagged only if the first pass agrees
+    # (its rho becomes the weaker of the two, 0 if they disagree in sign); and
+    # where the later fit is much less precise than the first (flags took the
+    # planes that pinned it down), the first one's verdict stands.
+    bk, bs = first.k[at], first.s[at]
+    with np.errstate(invalid="ignore"):
+        vaguer = b.variance[bk, bs] > 4.0 * first.variance[at]
+    refit = rho[bk, bs]
+    # ... unless the first fit's basis held a neighbour now flagged with a
+    # residual of the same sign, on the same plane, or strongly (beyond
+    # _TAIL_CORE sigma) on a plane next to it where this spaxel is strongly
+    # flagged too (the voxel is then that residual's tail): one residual
+    # spanning both spaxels spoiled that prediction
+    nbs = neighbours[:, bs]
+    shared = _flagged_alike(flags, rho, nbs, bk, refit)
+    strong = _TAIL_CORE * sigma
+    for step in (-1, 1):
+        kk = np.clip(bk + step, 0, n_planes - 1)
+        own_strong = flags[kk, bs] & (np.abs(rho[kk, bs]) > strong)
+        shared |= _flagged_alike(flags, rho, nbs, kk, refit, strong) & own_strong
+    spoiled = shared.any(axis=0) & ((np.sign(refit) != np.sign(first.rho[at]))
+                                    | (np.abs(refit) > np.abs(first.rho[at])))
+    # ... and where the first prediction left out neighbours that sided with
+    # the voxel, unflagged since and not left out by the refit (so back in its
+    # basis), and the refit finds less, the first verdict stands too
+    vaguer |= (_leaned_on(first.aside[at] & ~b.aside[bk, bs], flags, neighbours, bk, bs)
+               & (np.abs(refit) < np.abs(first.rho[at])) & (np.abs(first.rho[at]) > strong))
+    vaguer &= ~spoiled
+    b.value[bk[vaguer], bs[vaguer]] = first.value[at[vaguer]]
+    b.variance[bk[vaguer], bs[vaguer]] = first.variance[at[vaguer]]
+    b.aside[bk[vaguer], bs[vaguer]] = first.aside[at[vaguer]]
+    now, was = np.where(vaguer, first.rho[at], refit), first.rho[at]
+    # ... nor where both find it the same way, the first beyond grow_sigma and
+    # the later beyond _TAIL_CORE sigma (the first held the residual's tails)
+    confirmed = ((np.sign(was) == np.sign(now)) & (np.abs(was) > b.grow_sigma)
+                 & (np.abs(now) > _TAIL_CORE * sigma))
+    rho[bk, bs] = np.where(spoiled | confirmed, now, np.where(
+        np.sign(was) == np.sign(now), np.sign(now) * np.minimum(np.abs(was), np.abs(now)),
+        0.0))
+
+
+def _flag_tails(b, flags, fk, fs):
+    """The tail check (see the module notes), in ``_TAIL_ROUNDS`` rounds: the tails
+    found are added to ``flags`` in place, with their fits in block ``b``.
+
+    ``fk, fs`` are the planes and spaxels of ``flags``; returns those of the flags
+    after the check.
+    """
+    y, e, usable, neighbours = b.y, b.e, b.usable, b.neighbours
+    sigma = b.sigma
     # The tails of a residual spanning 2-3 planes: next to a strong flag, the
     # voxel's own fit window holds the residual's other planes, and its
     # neighbours' spectra the residual's spread, so its fits can learn the
@@ -829,50 +973,24 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     # (_TAIL_FRACTION sigma on a faint spectrum) is flagged too; so are the tails
     # of weaker flags where a neighbour holds the residual's strong part on the
     # tail's plane. A second round sees the tails the first flagged in neighbours.
-    tk, ts, core_sign = _tails_to_check(fk, fs, flags, rho, usable, neighbours, sigma,
+    tk, ts, core_sign = _tails_to_check(fk, fs, flags, b.rho, usable, neighbours, sigma,
                                         _TAIL_CORE * sigma)
     for tail_round in range(_TAIL_ROUNDS):
         if tk.size == 0:
             break
-        guard = _with_adjacent_planes(flags, fk, fs)
-        v, var, left_out = _predict(y, e, usable, neighbours, tk, ts,
-                                    exclude=(outlying, guard), drop_adjacent=True,
-                                    flagged=(flags, fk, fs), repaired_value=value,
-                                    return_aside=True, **common)
-        # (where the guard leaves too few planes, without it; where the voxels the
-        # screen found outlying leave too few, without those: next to two residuals
-        # in one spaxel a few planes apart, their pull on the screen's baseline
-        # makes the clean planes between them look outlying)
-        for skip in ((outlying, flags), (flags,)):
-            again = np.flatnonzero(~np.isfinite(v))
-            if again.size:
-                v[again], var[again], left_out[again] = _predict(
-                    y, e, usable, neighbours, tk[again], ts[again], exclude=skip,
-                    flagged=(flags, fk, fs), repaired_value=value, return_aside=True,
-                    **common)
-        faint = np.flatnonzero(~bright[tk, ts])
-        if faint.size:
-            v2 = np.empty(faint.size)
-            var2 = np.empty(faint.size)
-            sum_fit_voxels(y, e, usable, unusable_before, guard | outlying, flags, value,
-                           neighbours, tk[faint], ts[faint], int(half_window), v2, var2)
-            with np.errstate(invalid="ignore"):
-                better = var2 < var[faint]
-            v[faint[better]] = v2[better]
-            var[faint[better]] = var2[better]
-            left_out[faint[better]] = 0
+        v, var, left_out = _predict_tails(b, tk, ts, flags, fk, fs)
         with np.errstate(invalid="ignore", divide="ignore"):
-            z = (y[tk, ts] - v) / np.sqrt(e[tk, ts] ** 2 + var) / scale[tk]
-            signal = (bright[tk, ts] | (y[tk, ts] > bright_snr * e[tk, ts])
-                      | (v > bright_snr * e[tk, ts]))
+            z = (y[tk, ts] - v) / np.sqrt(e[tk, ts] ** 2 + var) / b.scale[tk]
+            signal = (b.bright[tk, ts] | (y[tk, ts] > b.bright_snr * e[tk, ts])
+                      | (v > b.bright_snr * e[tk, ts]))
             bound = np.where(signal, sigma, _TAIL_FRACTION * sigma)
             tail = np.isfinite(z) & (np.sign(z) == core_sign) & (np.abs(z) > bound)
         if not tail.any():
             break
         nk, ns = tk[tail], ts[tail]
         flags[nk, ns] = True
-        value[nk, ns], variance[nk, ns], rho[nk, ns] = v[tail], var[tail], z[tail]
-        aside[nk, ns] = left_out[tail]
+        b.value[nk, ns], b.variance[nk, ns], b.rho[nk, ns] = v[tail], var[tail], z[tail]
+        b.aside[nk, ns] = left_out[tail]
         fk, fs = _true_positions(flags)
         if tail_round == _TAIL_ROUNDS - 1:
             break
@@ -882,33 +1000,71 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
         pending = np.zeros(y.shape, bool)
         pending[tk, ts] = ~flags[tk, ts]
         reached = np.zeros(y.shape, bool)
-        near_flags(nk, ns, neighbours, int(half_window) + 1, pending, pending,
+        near_flags(nk, ns, neighbours, int(b.half_window) + 1, pending, pending,
                    reached)
-        tk, ts, core_sign = _tails_to_check(fk, fs, flags, rho, usable, neighbours, sigma,
+        tk, ts, core_sign = _tails_to_check(fk, fs, flags, b.rho, usable, neighbours, sigma,
                                             _TAIL_CORE * sigma)
         left = reached[tk, ts] | ~pending[tk, ts]
         tk, ts, core_sign = tk[left], ts[left], core_sign[left]
-    # A flag next to a flag of the opposite sign on the same plane may be an echo:
-    # a residual in a neighbour that its fit held in the basis pulls the
-    # prediction its way, and the voxel stands out the other way. Such a voxel,
-    # flagged on its own verdict, is refitted with the flags left out of its
-    # basis and window, and cleared where the refit finds nothing, unless the
-    # refit is far vaguer than the fit it replaces (it could not confirm a hit).
-    if fk.size:
-        _clear_echoes(fk, fs, flags, (rho, value, variance, aside), neighbours, sigma, fit)
-        fk, fs = _true_positions(flags)
+    return fk, fs
+
+
+def _predict_tails(b, tk, ts, flags, fk, fs):
+    """Predictions for the tails ``(tk, ts)`` of block ``b`` with the planes next to
+    every flag left out of their windows (see the module notes).
+
+    Returns the values, their variances and the neighbours left out of each basis
+    (as in :func:`_predict`'s ``aside``; 0 where the two-term fit was taken).
+    """
+    y, e, usable, neighbours, common = b.y, b.e, b.usable, b.neighbours, b.common
+    outlying, value = b.outlying, b.value
+    guard = _with_adjacent_planes(flags, fk, fs)
+    v, var, left_out = _predict(y, e, usable, neighbours, tk, ts,
+                                exclude=(outlying, guard), drop_adjacent=True,
+                                flagged=(flags, fk, fs), repaired_value=value,
+                                return_aside=True, **common)
+    # (where the guard leaves too few planes, without it; where the voxels the
+    # screen found outlying leave too few, without those: next to two residuals
+    # in one spaxel a few planes apart, their pull on the screen's baseline
+    # makes the clean planes between them look outlying)
+    for skip in ((outlying, flags), (flags,)):
+        again = np.flatnonzero(~np.isfinite(v))
+        if again.size:
+            v[again], var[again], left_out[again] = _predict(
+                y, e, usable, neighbours, tk[again], ts[again], exclude=skip,
+                flagged=(flags, fk, fs), repaired_value=value, return_aside=True,
+                **common)
+    faint = np.flatnonzero(~b.bright[tk, ts])
+    if faint.size:
+        v2 = np.empty(faint.size)
+        var2 = np.empty(faint.size)
+        sum_fit_voxels(y, e, usable, b.unusable_before, guard | outlying, flags, value,
+                       neighbours, tk[faint], ts[faint], int(b.half_window), v2, var2)
+        with np.errstate(invalid="ignore"):
+            better = var2 < var[faint]
+        v[faint[better]] = v2[better]
+        var[faint[better]] = var2[better]
+        left_out[faint[better]] = 0
+    return v, var, left_out
+
+
+def _replacement_values(b, flags, fk, fs):
+    """Set, in ``b.value`` and ``b.variance``, the replacement values of the flags
+    ``(fk, fs)`` (see the module notes)."""
+    y, e, usable, neighbours, common = b.y, b.e, b.usable, b.neighbours, b.common
+    value, variance = b.value, b.variance
     # Replacement values: a flagged voxel on a bright spectrum is predicted once
     # more without the planes next to flags (unflagged tails of the same residual
     # would pull the prediction; a run of three flags has none left), where that
     # leaves enough planes.
     # (not where the prediction left out neighbours that sided with the voxel: these
     # fits would hold them again)
-    on_bright = bright[fk, fs]
-    free = aside[fk, fs] == 0
+    on_bright = b.bright[fk, fs]
+    free = b.aside[fk, fs] == 0
     ks, ss = fk[on_bright & free], fs[on_bright & free]
     if ks.size:
         v, var = _predict(y, e, usable, neighbours, ks, ss,
-                          exclude=(outlying, _guard_short_runs(flags, fk, fs)),
+                          exclude=(b.outlying, _guard_short_runs(flags, fk, fs)),
                           flagged=(flags, fk, fs), repaired_value=value, **common)
         # (not where the guard leaves the fit far vaguer: it would extrapolate)
         with np.errstate(invalid="ignore"):
@@ -922,14 +1078,14 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     if ks.size:
         v = np.empty(ks.size)
         var = np.empty(ks.size)
-        sum_fit_voxels(y, e, usable, unusable_before, flags | outlying, flags, value,
-                       neighbours, ks, ss, int(half_window), v, var)
+        sum_fit_voxels(y, e, usable, b.unusable_before, flags | b.outlying, flags, value,
+                       neighbours, ks, ss, int(b.half_window), v, var)
         better = np.isfinite(v)
         value[ks[better], ss[better]] = v[better]
         variance[ks[better], ss[better]] = var[better]
     missing = ~np.isfinite(value[fk, fs])
     if missing.any():
-        fit(fk[missing], fs[missing], (flags, fk, fs))
+        _fit(b, fk[missing], fs[missing], (flags, fk, fs))
         # a flag no fit could predict (a faint voxel with too few usable planes
         # around it) is given the spectral baseline
         mk, ms = fk[missing], fs[missing]
@@ -941,7 +1097,6 @@ def clip_block_robust(y, e, usable, neighbours, *, sky=None, sigma=DEFAULTS["sig
     # spike, no dip: on a line's wing a misfit of its shape is flagged so) is not
     # given a value beyond them by more than 3 ERR: there the fit extrapolates
     _bound_replacements(y, e, usable, flags, fk, fs, value)
-    return flags, RobustPrediction(value, variance, rho, scale)
 
 
 def _clear_echoes(fk, fs, flags, fitted, neighbours, sigma, fit):
