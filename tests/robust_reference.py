@@ -18,6 +18,7 @@ from layerclip.robust_kernels import (
     _QUIET,
     _SIDING,
     _SIDING_ROUNDS,
+    _SIDING_TAIL_SIGMA,
     _TAIL_SIGMA,
     _VAGUE,
 )
@@ -297,8 +298,18 @@ def _without_siding_neighbours(w_val, given, n_val, use, centre_at, rank, e2, x,
     basis = np.empty(n_val.shape[:2] + (5,))
     basis[..., 0] = 1.0
     basis[..., 1:] = n_val @ _BASIS.T
-    value, variance, adjacent = _fit_window(basis, w_val, given.copy(), rows, centre_at, rank,
-                                            e2, model_error, floor)
+    value, variance, adjacent, coef1, _ = _fit_window(basis, w_val, given.copy(), rows,
+                                                      centre_at, rank, e2, model_error, floor,
+                                                      parts=True)
+    # the joint fit's residual on the plane next to the voxel it misses worse
+    inner = (centre_at > 0) & (centre_at < length - 1)
+    miss = []
+    for step_j in (-1, 1):
+        jc = np.clip(centre_at + step_j, 0, length - 1)
+        r = w_val[rows, jc] - (basis[rows, jc] * coef1).sum(axis=1)
+        miss.append((given[rows, jc] * r ** 2, r))
+    side_resid = np.where(inner, np.where(miss[1][0] > miss[0][0], miss[1][1], miss[0][1]),
+                          0.0)
     value3, variance3, _, coef, inv = _fit_window(basis, w_val, without_sides.copy(), rows,
                                                   centre_at, rank, e2, model_error, floor,
                                                   parts=True)
@@ -318,7 +329,12 @@ def _without_siding_neighbours(w_val, given, n_val, use, centre_at, rank, e2, x,
     rest, rest_var = _median_of_neighbours(w_val, without_sides, n_val, use & ~side, centre_at)
     with np.errstate(invalid="ignore"):
         agrees3 = np.abs(value3 - rest) < _CHECK_SIGMA * np.sqrt(variance3 + rest_var)
-        wider = (variance3 < variance) & (adjacent > _TAIL_SIGMA) & (predicts_a_side | agrees3)
+        # (or beyond _SIDING_TAIL_SIGMA on the voxel's side, and more precise than the
+        # first prediction: the residual's other plane in the voxel's own spectrum)
+        tail = (adjacent > _TAIL_SIGMA) | (
+            (adjacent > _SIDING_TAIL_SIGMA) & (side_resid * (x - value3) > 0.0)
+            & (variance3 < variance0))
+        wider = (variance3 < variance) & tail & (predicts_a_side | agrees3)
     value[wider] = value3[wider]
     variance[wider] = variance3[wider]
     with np.errstate(invalid="ignore"):

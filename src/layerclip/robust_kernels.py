@@ -39,6 +39,10 @@ _DISSENT_SIGMA = 3.0
 _SIDING = 3.0
 # Rounds in which the median of the single fits not (yet) siding is taken again.
 _SIDING_ROUNDS = 2
+# Without the neighbours that sided with the voxel, a miss of a plane next to it beyond
+# this (in ERR, with the voxel's sign) marks the residual's other plane in its own
+# spectrum, which those neighbours' share of the residual had explained.
+_SIDING_TAIL_SIGMA = 3.0
 # Agreement required (in combined standard deviations) of the fit without those
 # neighbours with the planes it left out and with the median of the rest.
 _CHECK_SIGMA = 3.0
@@ -415,7 +419,10 @@ def _without_siding_neighbours(x, median, value0, variance0, wv, given, weight, 
     a residual over three planes leaves tails on both sides). The result is
     returned if it agrees with that median and is more precise than the first
     prediction (``value0``, ``variance0``), or the first prediction does not agree
-    with it; otherwise NaN.
+    with it; otherwise NaN. (Where the joint fit without the siding neighbours misses
+    a plane next to the centre by more than ``_SIDING_TAIL_SIGMA`` on the voxel's
+    side, the fit without those planes may serve too, if it is more precise than
+    the first prediction: the residual's other plane in the voxel's own spectrum.)
     With ``only_extrapolating`` (a refit), only the neighbours that extrapolate
     may side. ``n_val``, ``basis``, ``weight`` and ``nb_var`` (as for
     :func:`_fit_window`, with ``floor_above``) are overwritten.
@@ -484,11 +491,27 @@ def _without_siding_neighbours(x, median, value0, variance0, wv, given, weight, 
     value, variance, adjacent = _fit_window(basis, wv, weight, length, centre, rank, e2,
                                             model_error, chol, inv, coef, resid, scratch,
                                             nb_var, floor_above)
+    # (the joint fit's residual on the plane next to the voxel it misses worse)
+    side_resid = 0.0
+    if 0 < centre < length - 1:
+        if given[centre + 1] * resid[centre + 1] ** 2 > given[centre - 1] * resid[centre - 1] ** 2:
+            side_resid = resid[centre + 1]
+        else:
+            side_resid = resid[centre - 1]
     _without_sides(given, weight, length, centre)
     value3, variance3, _ = _fit_window(basis, wv, weight, length, centre, rank, e2,
                                        model_error, chol, inv, coef, resid, scratch, nb_var,
                                        floor_above)
-    wider = variance3 < variance and adjacent > _TAIL_SIGMA
+    # the fit without the planes next to the voxel may serve where the joint fit misses
+    # one of them by a residual's tail: beyond _TAIL_SIGMA, or beyond
+    # _SIDING_TAIL_SIGMA on the side of the voxel's own excess where it is also more
+    # precise than the first prediction (the siding neighbours' share of a residual
+    # over two planes explained its other plane in the voxel's spectrum; without
+    # them the joint fit misses it and is vague for it)
+    wider = variance3 < variance and (
+        adjacent > _TAIL_SIGMA
+        or (adjacent > _SIDING_TAIL_SIGMA and side_resid * (x - value3) > 0.0
+            and variance3 < variance0))
     predicts_a_side = wider and _predicts_a_side(basis, wv, given, length, centre, chol, coef,
                                                  scratch[:_N_BASIS])
     _without_sides(given, weight, length, centre)
