@@ -5,7 +5,7 @@ voxels on bright lines, each fitted from its neighbours' spectra). For each, bot
 modes run on the same cube and automatic layer map, interleaved, eleven times;
 the minimum of each is printed with their ratio (issue 5's target: at most 3), and
 the share of robust's time spent in its per-voxel predictions
-(``robust_kernels.predict_voxels``) and in its screen.
+(``robust_fits.predict_voxels``) and in its screen.
 
 Run: .venv/bin/python benchmarks/bench_robust_speed.py
 """

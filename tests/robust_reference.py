@@ -1,6 +1,6 @@
 """Vectorised NumPy reference of robust mode's per-voxel predictions.
 
-This is the array-code version of :func:`layerclip.robust_kernels.predict_voxels`
+This is the array-code version of :func:`layerclip.robust_fits.predict_voxels`
 (the form robust mode was first written in). It is kept here, outside the package,
 as an independent implementation the compiled kernel is checked against.
 """
@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from layerclip.robust import masked_median
-from layerclip.robust_kernels import (
+from layerclip.robust_fits import (
     _CHECK_SIGMA,
     _DISSENT_SIGMA,
     _MIN_FIT_POINTS,

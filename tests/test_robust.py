@@ -18,7 +18,7 @@ from layerclip.robust import (
     masked_median,
     neighbour_table,
 )
-from layerclip.robust_kernels import count_unusable
+from layerclip.robust_fits import count_unusable
 from layerclip.simulate import Artifact, make_cube
 
 SMALL = {"shape": (160, 21, 21), "fov_size": 16, "wave_range": (1.148, 1.185)}

@@ -8,7 +8,7 @@ from scipy.special import erf
 
 from layerclip.clip import clip_cube
 from layerclip.errors import OptionError
-from layerclip.robust_kernels import neighbour_ceiling
+from layerclip.robust_screen import neighbour_ceiling
 
 
 def _pixel_gaussian(n, centre, sigma):

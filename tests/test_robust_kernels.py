@@ -6,22 +6,24 @@ import robust_reference as reference
 from benchmark_cubes import benchmark_cube, target_layer_map
 
 from layerclip import robust
-from layerclip.robust_kernels import (
+from layerclip.robust_fits import (
     _basis_noise,
     _basis_row,
     _cholesky,
     _fit_window,
     _inverse_from_cholesky,
-    _largest,
     _median,
+    count_unusable,
+    sum_fit_voxels,
+)
+from layerclip.robust_screen import (
+    _largest,
     _select,
     _select_pair,
-    count_unusable,
     grow_flags,
     plane_mad,
     screen_residual,
     screen_voxels,
-    sum_fit_voxels,
 )
 from layerclip.simulate import make_cube
 

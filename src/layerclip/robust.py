@@ -200,7 +200,7 @@ diluted towards zero (on the faint synthetic target the replaced voxels came out
 neighbour spectrum ``S``, which has the least noise for its signal, gives the value,
 the dilution that ``S``'s known noise still causes filled in by the prior that
 the spaxel follows the mean of its neighbours, weighted by how little of ``S``'s
-spread is signal (:func:`layerclip.robust_kernels.sum_fit_voxels`). Last, a
+spread is signal (:func:`layerclip.robust_fits.sum_fit_voxels`). Last, a
 flagged voxel whose value lies between those of the (unflagged) planes either
 side is neither a spike nor a dip; its value is kept within that range widened by 3 ERR, which a fit
 extrapolating a narrow line's shape can leave by a hundred ERR.
@@ -213,10 +213,11 @@ Every statistic for a plane uses only planes within :func:`robust_halo`, and no
 sum depends on where a block starts, so clipping blocks padded by the halo gives
 the whole-cube result bit for bit.
 
-The per-voxel work (the screen, the fits, growing, finding the voxels near flags)
-is compiled with numba in :mod:`layerclip.robust_kernels`; this module keeps the
-decisions between the stages. ``tests/robust_reference.py`` holds the vectorised
-NumPy version of the fits that the kernels are checked against.
+The per-voxel work is compiled with numba: the fits in :mod:`layerclip.robust_fits`,
+the screen, growing and finding the voxels near flags in
+:mod:`layerclip.robust_screen`; this module keeps the decisions between the
+stages. ``tests/robust_reference.py`` holds the vectorised NumPy version of the
+fits that the kernels are checked against.
 """
 
 from dataclasses import dataclass
@@ -225,19 +226,17 @@ from functools import partial
 import numpy as np
 from scipy import ndimage
 
-from .robust_kernels import (
-    count_unusable,
+from .robust_fits import count_unusable, predict_voxels, sum_fit_voxels
+from .robust_screen import (
     gather_columns,
     grow_flags,
     near_flags,
     neighbour_ceiling,
     noise_residual_median,
     plane_mad,
-    predict_voxels,
     screen_residual,
     screen_voxels,
     spectral_baseline,
-    sum_fit_voxels,
     supported,
     usable_voxels,
 )
@@ -522,7 +521,7 @@ def _predict(y, e, usable, neighbours, ks, ss, *, opts, unusable_before, exclude
     opts : dict
         ``half_window``, ``model_error``, ``candidate_sigma`` and ``bright_snr``.
     unusable_before : ndarray of int
-        From :func:`layerclip.robust_kernels.count_unusable`.
+        From :func:`layerclip.robust_fits.count_unusable`.
     exclude : sequence of ndarray of bool
         Voxels (one or two masks) a spaxel's own fit may not use; none only with
         ``own_repaired``.
@@ -549,7 +548,7 @@ def _predict(y, e, usable, neighbours, ks, ss, *, opts, unusable_before, exclude
     -------
     value, variance : ndarray
         Prediction and its variance (NaN where too few points could be fitted),
-        from :func:`layerclip.robust_kernels.predict_voxels`.
+        from :func:`layerclip.robust_fits.predict_voxels`.
     aside : ndarray of uint8
         Only with ``return_aside``.
     """
@@ -1244,7 +1243,7 @@ def _grow(ks, ss, rho, usable, neighbours, grow_sigma, steps):
     has the same sign and exceeds ``grow_sigma``, ``steps`` times.
 
     Returns the flag mask and the planes and spaxels of its flags
-    (:func:`layerclip.robust_kernels.grow_flags`).
+    (:func:`layerclip.robust_screen.grow_flags`).
     """
     flags = np.zeros(rho.shape, bool)
     fk, fs = grow_flags(np.ascontiguousarray(ks, np.int64), np.ascontiguousarray(ss, np.int64),
