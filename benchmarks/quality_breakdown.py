@@ -30,7 +30,9 @@ Everything is in units of the true noise, as in ``quality.py``.
 
 Run: ``.venv/bin/python benchmarks/quality_breakdown.py [CUBE ...]`` (about 10 s),
 where CUBE is a label of ``quality.py``'s target list ("arc seed 0", "compact
-stress", ...); without one, every cube whose targets robust misses.
+stress", ...); without one, every cube whose targets robust misses. With
+``--unseen``, the cubes of ``quality_unseen.py`` instead ("compact seed 4 60km/s",
+...; every cube whose targets robust misses takes a few minutes).
 """
 
 import argparse
@@ -38,6 +40,7 @@ import sys
 
 import numpy as np
 from quality import PHYSICAL, VARIANTS, layer_map_for, make_kind, metrics, targets
+from quality_unseen import SETTINGS as UNSEEN
 
 from layerclip import robust as robust_module
 from layerclip.clip import clip_cube
@@ -49,8 +52,12 @@ ON_SIGNAL = 10.0
 BELOW = "below the model's precision"
 
 
-def cube_settings():
-    """``{label: (kind, make_cube settings)}`` for every cube of ``quality.py``."""
+def cube_settings(unseen=False):
+    """``{label: (kind, make_cube settings)}`` for every cube of ``quality.py``, or
+    with ``unseen`` of ``quality_unseen.py`` (labels as in its target list)."""
+    if unseen:
+        return {f"{kind} {key}": (kind, dict(settings))
+                for key, settings in UNSEEN.items() for kind in KINDS}
     out = {f"{kind} seed 0": (kind, {"seed": 0, **PHYSICAL}) for kind in KINDS}
     for key, _, settings in VARIANTS:
         for kind in KINDS:
@@ -253,9 +260,12 @@ def report(label, kind, settings):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("cubes", nargs="*", help="labels as in quality.py's target list")
+    parser.add_argument("cubes", nargs="*", help="labels as in quality.py's target list "
+                        "(with --unseen, as in quality_unseen.py's)")
+    parser.add_argument("--unseen", action="store_true",
+                        help="the cubes of quality_unseen.py instead of quality.py's")
     args = parser.parse_args(argv)
-    every = cube_settings()
+    every = cube_settings(args.unseen)
     unknown = [c for c in args.cubes if c not in every]
     if unknown:
         parser.error(f"unknown cube label(s) {unknown}; known: {', '.join(every)}")
