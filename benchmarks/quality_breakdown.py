@@ -183,10 +183,13 @@ def artifact_report(cube, err, flags, after, injected, clean_cube):
 
 
 def signal_flag_report(cube, err, flags, after):
-    """Lines for the voxels flagged on signal above ON_SIGNAL where nothing was injected."""
+    """Lines for the voxels flagged on signal above ON_SIGNAL where nothing was injected,
+    and for each of them its distance to the nearest artifact (voxels; None without
+    one), that artifact's peak (sigma) and the replacement's error (in the noise)."""
     with np.errstate(invalid="ignore"):
         wrong = flags & ~cube.artifact_mask & (cube.model / err > ON_SIGNAL)
     lines = []
+    found = []
     starts = [np.stack(a.voxels, axis=1) for a in cube.artifacts]
     for k, y, x in np.argwhere(wrong):
         # the nearest artifact voxel (planes and spaxels counted alike)
@@ -198,7 +201,9 @@ def signal_flag_report(cube, err, flags, after):
         error = (after[k, y, x] - cube.clean[k, y, x]) / err[k, y, x]
         lines.append(f"  ({k:4d},{y:2d},{x:2d}) signal {signal:6.1f}  replaced with error "
                      f"{error:+7.1f}  {where}")
-    return lines
+        found.append((dist[near] if near >= 0 else None,
+                      abs(cube.artifacts[near].peak_sigma) if near >= 0 else 0.0, abs(error)))
+    return lines, found
 
 
 def flux_split(cube, lm, planes, flags, after):
@@ -234,7 +239,7 @@ def report(label, kind, settings):
     after = np.asarray(robust.sci, float)
     art_lines, counts, spans = artifact_report(cube, err, robust.flags, after, injected,
                                                clean_cube)
-    flag_lines = signal_flag_report(cube, err, robust.flags, after)
+    flag_lines, flag_found = signal_flag_report(cube, err, robust.flags, after)
     split, floor = flux_split(cube, lm, planes, robust.flags, after)
     m = results["robust"][0]
     span_text = ", ".join(f"{n} spaxel(s): {c}" for n, c in sorted(spans.items())) or "none"
@@ -255,7 +260,33 @@ def report(label, kind, settings):
         *art_lines]
     if flag_lines:
         lines += ["  flags on signal where nothing was injected:", *flag_lines]
-    return lines, fails
+    return lines, fails, (counts, spans, flag_found)
+
+
+def totals_lines(summaries):
+    """Lines summing the per-cube summaries of :func:`report` over the cubes shown."""
+    counts, spans, found = {}, {}, []
+    for c, s, f in summaries:
+        for key, n in c.items():
+            counts[key] = counts.get(key, 0) + n
+        for key, n in s.items():
+            spans[key] = spans.get(key, 0) + n
+        found += f
+    span_text = ", ".join(f"{n} spaxel(s): {c}" for n, c in sorted(spans.items())) or "none"
+    lines = [f"totals over the {len(summaries)} cube(s) shown:",
+             f"  strong artifacts missed or left: {counts.get('strong on signal', 0)} on signal "
+             f"> {ON_SIGNAL:.0f} sigma, {counts.get('strong faint', 0)} faint; by span: "
+             f"{span_text}; hidden by themselves {counts.get('hidden by itself', 0)}, below "
+             f"the model's precision {counts.get(BELOW, 0)}",
+             f"  flags on signal where nothing was injected: {len(found)}"]
+    if found:
+        near = sum(d is not None and d <= 2 for d, _, _ in found)
+        strong = sum(peak >= 300 for _, peak, _ in found)
+        errors = np.array([e for _, _, e in found])
+        lines[-1] += (f"; within 2 voxels of an artifact {near}, next to one of 300 sigma or "
+                      f"more {strong}; replaced more than 10 sigma off {int(np.sum(errors > 10))}"
+                      f" (median error {np.median(errors):.1f}, largest {errors.max():.1f})")
+    return lines
 
 
 def main(argv=None):
@@ -270,14 +301,15 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown cube label(s) {unknown}; known: {', '.join(every)}")
     chosen = args.cubes or list(every)
-    shown = 0
+    shown = []
     for label in chosen:
-        lines, fails = report(label, *every[label])
+        lines, fails, summary = report(label, *every[label])
         # (without labels, only the cubes where robust misses a target)
         if args.cubes or fails:
             print("\n".join(lines) + "\n")
-            shown += 1
-    print(f"{shown} of {len(chosen)} cube(s) shown")
+            shown.append(summary)
+    print("\n".join(totals_lines(shown)))
+    print(f"{len(shown)} of {len(chosen)} cube(s) shown")
     return 0
 
 
