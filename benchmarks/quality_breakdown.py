@@ -43,6 +43,7 @@ from quality import PHYSICAL, VARIANTS, layer_map_for, make_kind, metrics, targe
 from quality_unseen import SETTINGS as UNSEEN
 
 from layerclip import robust as robust_module
+from layerclip import robust_passes
 from layerclip.clip import clip_cube
 from layerclip.simulate import KINDS
 
@@ -74,7 +75,7 @@ def first_pass(sci, err, lm):
     prediction step (every candidate, before any flag) is recorded.
     """
     calls = []
-    original = robust_module._predict
+    original = robust_passes._predict
 
     def recording(y, e, usable, neighbours, ks, ss, **kwargs):
         out = original(y, e, usable, neighbours, ks, ss, **kwargs)
@@ -82,11 +83,11 @@ def first_pass(sci, err, lm):
             calls.append((ks.copy(), ss.copy(), out[0].copy(), out[1].copy()))
         return out
 
-    robust_module._predict = recording
+    robust_passes._predict = recording
     try:
         result = clip_cube(sci, err, lm, method="robust", block_planes=sci.shape[0])
     finally:
-        robust_module._predict = original
+        robust_passes._predict = original
     ks, ss, value, variance = calls[0]
     index, _ = robust_module.neighbour_table(lm)
     nw = sci.shape[0]

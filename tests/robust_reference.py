@@ -490,7 +490,7 @@ def predict_like_kernel(y, e, usable, neighbours, ks, ss, *, opts, unusable_befo
                         exclude=(), flagged=None, repaired_value=None,
                         own_repaired=False, drop_adjacent=False, screen, bright,
                         return_aside=False):
-    """:func:`predict` called with the arguments of ``layerclip.robust._predict``."""
+    """:func:`predict` called with the arguments of ``layerclip.robust_passes._predict``."""
     repaired = None
     if flagged is None:
         template, template_ok = y, usable

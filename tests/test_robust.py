@@ -10,15 +10,13 @@ from layerclip.io import read_cube
 from layerclip.pipeline import clean_file
 from layerclip.robust import (
     DEFAULTS,
-    _bound_replacements,
-    _guard_short_runs,
-    _predict,
     _screen,
     compact_planes,
     masked_median,
     neighbour_table,
 )
 from layerclip.robust_fits import count_unusable
+from layerclip.robust_passes import _bound_replacements, _guard_short_runs, _predict
 from layerclip.simulate import Artifact, make_cube
 
 SMALL = {"shape": (160, 21, 21), "fov_size": 16, "wave_range": (1.148, 1.185)}

@@ -5,7 +5,7 @@ import pytest
 import robust_reference as reference
 from benchmark_cubes import benchmark_cube, target_layer_map
 
-from layerclip import robust
+from layerclip import robust, robust_passes
 from layerclip.robust_fits import (
     _basis_noise,
     _basis_row,
@@ -376,12 +376,12 @@ def _benchmark_block(cube):
 
 
 def _kernel_matches_reference(y, e, usable, neighbours, ks, ss, unusable_before, kw):
-    """The kernel's predictions for ``(ks, ss)`` (``robust._predict`` with ``kw``),
+    """The kernel's predictions for ``(ks, ss)`` (``robust_passes._predict`` with ``kw``),
     checked against the NumPy reference: the same neighbours set aside, the same
     voxels predicted, values within 1e-3 of their uncertainty. Returns the kernel's
     values, variances and neighbours set aside."""
-    got, got_var, got_aside = robust._predict(y, e, usable, neighbours, ks, ss,
-                                              unusable_before=unusable_before, **kw)
+    got, got_var, got_aside = robust_passes._predict(y, e, usable, neighbours, ks, ss,
+                                                     unusable_before=unusable_before, **kw)
     want, want_var, want_aside = reference.predict_like_kernel(y, e, usable, neighbours,
                                                                ks, ss, **kw)
     np.testing.assert_array_equal(got_aside, want_aside)
@@ -490,9 +490,9 @@ def test_predictions_match_vectorised_reference(block, case, rng):
                   drop_adjacent=case == "flags on adjacent planes dropped")
     unusable_before = np.empty((y.shape[0] + 1, y.shape[1]), np.int16)
     count_unusable(usable, unusable_before)
-    got, got_var, got_aside = robust._predict(y, e, usable, neighbours, ks, ss,
-                                              unusable_before=unusable_before,
-                                              return_aside=True, **kw)
+    got, got_var, got_aside = robust_passes._predict(y, e, usable, neighbours, ks, ss,
+                                                     unusable_before=unusable_before,
+                                                     return_aside=True, **kw)
     want, want_var, want_aside = reference.predict_like_kernel(
         y, e, usable, neighbours, ks, ss, return_aside=True, **kw)
     np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
