@@ -2,9 +2,10 @@
 
 ``quality_unseen.py`` runs seeds 4-6 with correlated noise, a misstated ERR and 1%
 of the voxels without data. This script adds the cases quoted in
-``docs/robust-history.md`` (fifteenth session): the seed-0 cubes of ``quality.py`` with correlated
-noise, and seeds 0, 4 and 5 of every kind with 0%, 1% and 3% of the voxels
-without data (holes), summed per hole fraction. Columns as in ``quality.py``.
+``docs/robust-history.md`` (fifteenth session): the seed-0 cubes of ``quality.py``
+with correlated noise, and seeds 0, 4 and 5 of every kind with 0%, 1% and 3% of
+the voxels without data (holes), summed per hole fraction. Columns as in
+``quality.py``.
 
 Run: .venv/bin/python benchmarks/bench_noise_options.py (about a minute)
 """

@@ -27,6 +27,7 @@ and "arc seed 0").
 
 import argparse
 import sys
+import warnings
 
 import numpy as np
 from quality import PHYSICAL, VARIANTS, layer_map_for, make_kind
@@ -72,9 +73,12 @@ def lowrank_fit(m, e, weight, rank, robust):
         v = np.linalg.solve(gram, np.einsum("ij,ir,ij->jr", w, u, m)[..., None])[..., 0]
         if robust and it >= 2:
             misfit = np.abs(m - u @ v.T) / e
-            scale = np.array([1.4826 * np.median(r[wt > 0]) if np.any(wt > 0) else 1.0
-                              for r, wt in zip(misfit, weight, strict=True)])
-            keep = (misfit < DROP * np.maximum(scale, 1.0)[:, None]).astype(float)
+            # each row's robust scale over its fitted entries (1 for a row without any)
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                scale = 1.4826 * np.nanmedian(np.where(weight > 0, misfit, np.nan), axis=1)
+            scale = np.where(np.isfinite(scale), np.maximum(scale, 1.0), 1.0)
+            keep = (misfit < DROP * scale[:, None]).astype(float)
     return u @ v.T
 
 

@@ -411,6 +411,7 @@ def test_refits_match_reference_where_extrapolating_neighbours_side():
                                                 unusable_before, kw)
     assert (got_aside > 0).sum() >= 1
 
+
 def test_first_predictions_match_reference_where_a_siding_neighbours_tail_is_left():
     """Where the neighbours that side with a voxel are left out and the joint fit then
     misses the residual's other plane in the voxel's own spectrum (beyond 3 ERR on
